@@ -1,0 +1,109 @@
+"""Reading and writing image files for the CLI: PNG / JPEG / WebP (anything Pillow opens) in,
+PNG out. 16-bit PNGs go through pypng because Pillow truncates 16-bit RGB to 8 bits."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InputImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+Image.MAX_IMAGE_PIXELS = None  # huge inputs are a use case; memory is bounded by the engine
+
+
+@dataclass
+class LoadedImage:
+    pixels: torch.Tensor  # [1, H, W, C] float32 0..1, C in (1, 3, 4)
+    bit_depth: int  # 8 or 16: the PNG we write keeps it
+
+
+def read_image(path: Path) -> LoadedImage:
+    try:
+        if _png_bit_depth(path) == 16:
+            return _read_png16(path)
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)  # camera photos: upright, as viewers show them
+            return LoadedImage(_to_tensor(np.asarray(_normalise_mode(im))), 8)
+    except InputImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise InputImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def _normalise_mode(im: Image.Image) -> Image.Image:
+    """Everything becomes L, RGB or RGBA: palette keeps its transparency, CMYK turns RGB."""
+    if im.mode == "P":
+        return im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("L", "RGB", "RGBA"):
+        return im
+    if im.mode in ("LA", "PA", "RGBa", "La"):
+        return im.convert("RGBA")
+    if im.mode in ("1", "I", "F") or im.mode.startswith("I;"):
+        return im.convert("L") if im.mode == "1" else Image.fromarray(_wide_gray_to_8bit(im))
+    return im.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+
+
+def _wide_gray_to_8bit(im: Image.Image) -> np.ndarray:
+    arr = np.asarray(im).astype(np.float64)
+    top = 65535.0 if arr.max() > 255 else 255.0
+    return np.clip(arr / top * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _to_tensor(arr: np.ndarray, top: float = 255.0) -> torch.Tensor:
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputImageError(f"image is empty ({arr.shape[1]}x{arr.shape[0]} px)")
+    return torch.from_numpy(arr.astype(np.float32) / top).unsqueeze(0)
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if head[:8] != b"\x89PNG\r\n\x1a\n" or len(head) < 26:
+        return None
+    return head[24]
+
+
+def _read_png16(path: Path) -> LoadedImage:
+    import png
+
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    planes = info["planes"]
+    arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, planes)
+    if planes == 2:  # gray + alpha -> RGBA
+        arr = np.concatenate([arr[..., :1].repeat(3, -1), arr[..., 1:]], -1)
+    return LoadedImage(_to_tensor(arr, 65535.0), 16)
+
+
+def write_png(path: Path, pixels: torch.Tensor, bit_depth: int = 8) -> None:
+    """``pixels``: [H, W, C] float 0..1. Written atomically, so a crash never leaves half a file."""
+    top = 65535 if bit_depth == 16 else 255
+    arr = np.rint(pixels.clamp(0, 1).numpy().astype(np.float64) * top)
+    channels = arr.shape[-1]
+    tmp = path.with_name(path.name + ".part")
+    if bit_depth == 16:
+        import png
+
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+        png.from_array(arr.astype(np.uint16).reshape(arr.shape[0], -1), f"{mode};16").save(str(tmp))
+    else:
+        arr8 = arr.astype(np.uint8)
+        Image.fromarray(arr8[..., 0] if channels == 1 else arr8).save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def collect_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given, folders expanded to their images (sorted, not recursive)."""
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
+        else:
+            paths.append(p)
+    return paths
