@@ -93,11 +93,14 @@ class RRDBNet(nn.Module):
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad bottom/right so pixel-unshuffle fits; reflect where the image is big enough."""
+    """Pad bottom/right so pixel-unshuffle fits: reflect as far as the image allows (reflect
+    needs pad < size), replicate the rest. This is exactly what spandrel's descriptor does
+    before calling a model, so calling the module directly or via the descriptor agrees."""
     h, w = x.shape[-2:]
     pad_h, pad_w = -h % multiple, -w % multiple
-    if pad_h == 0 and pad_w == 0:
-        return x
-    # reflect needs pad < size; a 1-pixel-wide strip can only be replicated
-    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+    reflect_h, reflect_w = min(pad_h, h - 1), min(pad_w, w - 1)
+    if reflect_h or reflect_w:
+        x = F.pad(x, (0, reflect_w, 0, reflect_h), mode="reflect")
+    if pad_h > reflect_h or pad_w > reflect_w:
+        x = F.pad(x, (0, pad_w - reflect_w, 0, pad_h - reflect_h), mode="replicate")
+    return x
