@@ -6,5 +6,6 @@ package outside ComfyUI works and pulls in only the host-neutral core.
 """
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
+# No frontend extension. Example workflows are found by ComfyUI in ./example_workflows.
 WEB_DIRECTORY = None
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -1,2 +1,17 @@
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+"""ComfyUI node registrations. ComfyUI itself is imported lazily inside the nodes' functions
+(see ``_host``), so importing this package never needs ComfyUI."""
+from .upscale import HiresFixUpscale, LoadUpscaleModel, UpscaleImageTiled
+
+NODE_CLASS_MAPPINGS = {
+    "RealESRGAN_LoadUpscaleModel": LoadUpscaleModel,
+    "RealESRGAN_UpscaleImageTiled": UpscaleImageTiled,
+    "RealESRGAN_HiresFixUpscale": HiresFixUpscale,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "RealESRGAN_LoadUpscaleModel": "Load Upscale Model (Real-ESRGAN)",
+    "RealESRGAN_UpscaleImageTiled": "Upscale Image Tiled (Real-ESRGAN)",
+    "RealESRGAN_HiresFixUpscale": "Hires-Fix Upscale (Real-ESRGAN)",
+}
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

