@@ -390,8 +390,7 @@ def _tiled(run: _Run, source: torch.Tensor, tile: int, emit, report: bool) -> No
 def _run_tile(run: _Run, tile_in: torch.Tensor) -> torch.Tensor:
     """One tile on the device; returns its fp32 output on the host. Too big for memory: the
     same region again as smaller tiles. Half-precision output not finite: fp32 again."""
-    longest = max(tile_in.shape[-2:])
-    if longest > run.tile_cap:
+    if max(tile_in.shape[-2:]) >= run.tile_cap + run.multiple:  # last tiles may run multiple - 1 over
         return _split(run, tile_in, run.tile_cap)
     try:
         out = _forward(run, tile_in, run.dtype)

@@ -1,0 +1,346 @@
+"""The tiled engine against independent oracles: an untiled run of the same model, the
+model called directly, and fp32 runs for the precision guard."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from realesrgan_tiled.archs import RRDBNet, SRVGGNetCompact
+from realesrgan_tiled.engine import (
+    UpscaleStats,
+    axis_spans,
+    call_model,
+    channel_passes,
+    tile_starts,
+    upscale_images,
+)
+from realesrgan_tiled.errors import InputImageError, RealESRGANTiledError
+from realesrgan_tiled.loading import build_descriptor, load_model
+from realesrgan_tiled.resize import resize_images
+from realesrgan_tiled.sniff import sniff
+
+from .conftest import photo, psnr
+
+
+def _descriptor(net: torch.nn.Module):
+    return build_descriptor(sniff(net.state_dict(), getattr(net, "act_type", None)))
+
+
+@pytest.fixture(scope="module")
+def compact():
+    """A small SRVGGNetCompact: receptive field num_conv + 2 = 6 px, so tiling with enough
+    overlap must reproduce the whole-image output exactly (up to float rounding)."""
+    torch.manual_seed(0)
+    net = SRVGGNetCompact(num_feat=16, num_conv=4, upscale=4)
+    for p in net.parameters():
+        p.data.mul_(0.5)
+    return _descriptor(net)
+
+
+def _direct(model, images: torch.Tensor) -> torch.Tensor:
+    """Oracle: the whole image through the model in one call, no tiling."""
+    x = images.movedim(-1, 1)
+    with torch.inference_mode():
+        return torch.cat([call_model(model, x[i : i + 1]) for i in range(len(x))]).clamp(0, 1).movedim(1, -1)
+
+
+# ---- layout ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("length,tile,overlap,scale,multiple", [
+    (100, 32, 8, 4, 1), (1000, 512, 48, 4, 1), (513, 512, 48, 2, 2), (7, 16, 8, 4, 1),
+    (61, 20, 10, 1, 4), (2048, 256, 64, 4, 1), (300, 64, 32, 3, 1),
+])
+def test_axis_weights_sum_to_one_and_tiles_are_even(length, tile, overlap, scale, multiple):
+    spans = axis_spans(length, tile, overlap, scale, multiple)
+    total = torch.zeros(length * scale)
+    for s in spans:
+        total[s.start * scale : s.end * scale] += s.weight
+    assert torch.allclose(total, torch.ones_like(total), atol=1e-6)
+    assert spans[0].start == 0 and spans[-1].end == length
+    sizes = [s.end - s.start for s in spans]
+    if len(spans) > 1:
+        assert all(size == tile for size in sizes[:-1])  # no thin strips
+        assert tile <= sizes[-1] < tile + multiple
+        assert all(s.start % multiple == 0 for s in spans)
+        assert all(a.end - b.start >= min(overlap, tile) - multiple for a, b in zip(spans, spans[1:]))
+
+
+def test_tile_starts_single_tile_when_image_is_small():
+    assert tile_starts(10, 64, 16) == [0]
+
+
+# ---- fidelity ----------------------------------------------------------------------------
+
+def test_tiled_equals_untiled_for_finite_receptive_field(compact):
+    images = photo("astronaut", (70, 90)).repeat(2, 1, 1, 1)
+    images[1] = images[1].flip(1)
+    tiled = upscale_images(compact, images, tile_size=32, overlap=16)
+    assert (tiled - _direct(compact, images)).abs().max() < 1e-5
+
+
+def test_real_x4plus_tiled_vs_whole_image_psnr(x4plus_path):
+    """The issue's bar: real weights, real photo, tiled vs untiled >= 50 dB, and no row or
+    column of the difference stands out (a seam would)."""
+    model = load_model(x4plus_path)
+    image = photo("astronaut", (96, 120))
+    whole = upscale_images(model, image, tile_size=512)
+    stats = UpscaleStats()
+    tiled = upscale_images(model, image, tile_size=64, stats=stats)
+    assert stats.tiles > 4
+    assert psnr(tiled, whole) >= 50
+    diff = (tiled - whole)[0].abs().mean(-1)
+    worst_row, worst_col = diff.mean(1).max().item(), diff.mean(0).max().item()
+    assert max(worst_row, worst_col) < 2 / 255  # averaged over a line, a seam would show
+
+
+def test_unshuffle_model_tiles_align_with_pixel_groups():
+    torch.manual_seed(1)
+    net = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4, num_upsample=2, unshuffle=2)  # an x2 model
+    model = _descriptor(net)
+    image = torch.rand(1, 45, 51, 3)
+    tiled = upscale_images(model, image, tile_size=24, overlap=12)
+    assert tiled.shape == (1, 90, 102, 3)
+    assert psnr(tiled, _direct(model, image)) > 40
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (3, 2), (1, 17), (9, 5)])
+def test_tiny_inputs_match_direct_call(compact, size):
+    image = torch.rand(1, *size, 3)
+    out = upscale_images(compact, image)
+    assert out.shape == (1, size[0] * 4, size[1] * 4, 3)
+    assert (out - _direct(compact, image)).abs().max() < 1e-6
+
+
+# ---- channels ----------------------------------------------------------------------------
+
+def test_rgba_keeps_alpha_upscaled_with_the_model(compact):
+    image = torch.rand(1, 20, 50, 4)
+    out = upscale_images(compact, image, tile_size=32, overlap=16)
+    assert out.shape == (1, 80, 200, 4)
+    assert (out[..., :3] - _direct(compact, image[..., :3])).abs().max() < 1e-5
+    alpha_as_rgb = image[..., 3:].expand(-1, -1, -1, 3)
+    assert (out[..., 3] - _direct(compact, alpha_as_rgb).mean(-1)).abs().max() < 1e-5
+
+
+def test_opaque_alpha_stays_exactly_opaque(compact):
+    image = torch.rand(1, 12, 10, 4)
+    image[..., 3] = 1.0
+    out = upscale_images(compact, image)
+    assert bool((out[..., 3] == 1.0).all())
+
+
+def test_gray_image_runs_as_gray_rgb(compact):
+    image = torch.rand(1, 11, 13, 1)
+    out = upscale_images(compact, image)
+    assert out.shape == (1, 44, 52, 1)
+    assert (out[..., 0] - _direct(compact, image.expand(-1, -1, -1, 3)).mean(-1)).abs().max() < 1e-5
+
+
+def test_channel_passes_respect_model_channels():
+    assert channel_passes(3, 1) == [type(channel_passes(3, 1)[0])((i,), (i,)) for i in range(3)]
+    assert [p.source for p in channel_passes(3, 4)] == [(0, 1, 2, -1)]
+    assert [p.dest for p in channel_passes(4, 3)] == [(0, 1, 2), (3,)]
+
+
+# ---- exact size, bad pixels, bad arguments ------------------------------------------------
+
+def test_output_scale_is_a_high_quality_resize_of_the_model_output(compact):
+    image = torch.rand(1, 16, 18, 3)
+    out = upscale_images(compact, image, output_scale=1.5)
+    assert out.shape == (1, 24, 27, 3)
+    expected = resize_images(_direct(compact, image), (24, 27), "lanczos")
+    assert (out - expected).abs().max() < 1e-5
+
+
+def test_exact_output_size(compact):
+    out = upscale_images(compact, torch.rand(2, 10, 10, 3), output_size=(33, 17), resample="bicubic")
+    assert out.shape == (2, 33, 17, 3)
+
+
+def test_nan_and_out_of_range_pixels_give_finite_output(compact):
+    image = torch.rand(1, 12, 12, 3) * 3 - 1
+    image[0, 3, 4] = float("nan")
+    image[0, 5, 6, 1] = float("inf")
+    out = upscale_images(compact, image)
+    assert bool(torch.isfinite(out).all()) and out.min() >= 0 and out.max() <= 1
+    assert (out - _direct(compact, torch.nan_to_num(image, 0, 1, 0).clamp(0, 1))).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("bad", [torch.rand(1, 0, 5, 3), torch.rand(1, 5, 5, 2), torch.rand(5, 5, 3),
+                                 torch.randint(0, 255, (1, 4, 4, 3))])
+def test_bad_image_tensors_get_clear_errors(compact, bad):
+    with pytest.raises(InputImageError):
+        upscale_images(compact, bad)
+
+
+def test_unknown_precision_is_refused(compact):
+    with pytest.raises(InputImageError, match="precision"):
+        upscale_images(compact, torch.rand(1, 4, 4, 3), precision="fp8")
+
+
+# ---- OOM, precision guard, cancel, streaming ----------------------------------------------
+
+class _Spy(torch.nn.Module):
+    """Wraps a network: records every input it sees and can fail on chosen ones."""
+
+    def __init__(self, net, fail=None):
+        super().__init__()
+        self.net, self.fail, self.calls = net, fail, []
+
+    def forward(self, x):
+        self.calls.append((tuple(x.shape), torch.is_autocast_enabled(x.device.type)))
+        if self.fail is not None:
+            err = self.fail(x)
+            if err is not None:
+                raise err
+        return self.net(x)
+
+
+def _spy_descriptor(model, fail=None):
+    spy = _Spy(model.model, fail)
+    model._model = spy
+    return model, spy
+
+
+def test_oom_retries_only_the_failed_tile_and_keeps_done_work(compact):
+    """A fake device allocator: any tile above 24x24 px "runs out of memory" once, for the
+    third tile only; the rest ran before and after at full size."""
+    state = {"n": 0}
+
+    def fail(x):
+        state["n"] += 1
+        if state["n"] == 3 and x.shape[-1] * x.shape[-2] > 24 * 24:
+            return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
+        return None
+
+    image = torch.rand(1, 60, 60, 3)
+    expected = _direct(compact, image)
+    model, spy = _spy_descriptor(_descriptor(compact.model), fail)
+    stats = UpscaleStats()
+    out = upscale_images(model, image, tile_size=32, overlap=16, stats=stats)
+    assert stats.oom_retries == 1
+    sizes = [shape[-2:] for shape, _ in spy.calls]
+    assert sizes[:2] == [(32, 32), (32, 32)]  # work before the failure was kept, not redone
+    assert all(max(s) <= 16 for s in sizes[3:])  # the failed tile and later ones run smaller
+    assert (out - expected).abs().max() < 1e-5
+
+
+def test_oom_that_never_goes_away_is_a_clear_error(compact):
+    model, _ = _spy_descriptor(_descriptor(compact.model), lambda x: torch.OutOfMemoryError("out of memory"))
+    with pytest.raises(RealESRGANTiledError, match="out of memory"):
+        upscale_images(model, torch.rand(1, 40, 40, 3), tile_size=32)
+
+
+def test_non_oom_errors_propagate(compact):
+    model, _ = _spy_descriptor(_descriptor(compact.model), lambda x: ValueError("broken model"))
+    with pytest.raises(ValueError, match="broken model"):
+        upscale_images(model, torch.rand(1, 8, 8, 3))
+
+
+class _OverflowsInHalf(torch.nn.Module):
+    """Finite in fp32, inf in fp16: the first conv scales by 1e5 (> fp16's 65504), the second
+    scales back down."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.Conv2d(3, 3, 1, bias=False)
+        self.down = torch.nn.Conv2d(3, 48, 1, bias=False)
+        self.up.weight.data = torch.eye(3).view(3, 3, 1, 1) * 1e5
+        self.down.weight.data = torch.eye(3).repeat(16, 1).view(48, 3, 1, 1) * 1e-5
+        self.hyperparameters = {}
+
+    def forward(self, x):
+        return torch.nn.functional.pixel_shuffle(self.down(self.up(x)), 4)
+
+
+def _wrap(net, scale=4):
+    from spandrel import ImageModelDescriptor, SizeRequirements
+    from realesrgan_tiled.loading import ARCHITECTURES
+
+    return ImageModelDescriptor(net, net.state_dict(), architecture=ARCHITECTURES["RRDBNet"], purpose="SR",
+                                tags=[], supports_half=True, supports_bfloat16=True, scale=scale,
+                                input_channels=3, output_channels=3, size_requirements=SizeRequirements())
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision_overflow_reruns_in_fp32(precision):
+    model = _wrap(_OverflowsInHalf())
+    image = torch.rand(1, 20, 20, 3)
+    stats = UpscaleStats()
+    out = upscale_images(model, image, tile_size=16, overlap=8, precision=precision, stats=stats)
+    fp32 = upscale_images(model, image, tile_size=16, overlap=8, precision="fp32")
+    assert bool(torch.isfinite(out).all())
+    if precision == "fp16":  # bf16 has fp32's range: no overflow, no re-run
+        assert stats.fp32_reruns == stats.tiles == 4
+    assert (out - fp32).abs().max() < 1e-2
+
+
+def test_nan_in_one_half_precision_tile_reruns_only_that_tile(compact):
+    image = torch.rand(1, 48, 48, 3)
+    image[0, :16, :16] = 0.25  # marks the first tile's input
+
+    def poison(x):
+        return None
+
+    model, spy = _spy_descriptor(_descriptor(compact.model), poison)
+    inner = spy.net
+
+    class Poisoned(torch.nn.Module):
+        def forward(self, x):
+            y = inner(x)
+            if torch.is_autocast_enabled(x.device.type) and bool((x[..., :4, :4] == 0.25).all()):
+                y = y.clone()
+                y[..., 5, 7] = float("nan")
+            return y
+
+    spy.net = Poisoned()
+    stats = UpscaleStats()
+    out = upscale_images(model, image, tile_size=32, overlap=16, precision="bf16", stats=stats)
+    fp32 = upscale_images(model, image, tile_size=32, overlap=16, precision="fp32")
+    assert stats.fp32_reruns == 1
+    fp32_calls = [c for c in spy.calls if not c[1]]
+    assert len(fp32_calls) == 1 + 4  # the one re-run, plus the 4 tiles of the fp32 reference run
+    assert bool(torch.isfinite(out).all())
+    assert (out - fp32).abs().max() < 3e-2  # bf16 tiles vs fp32
+
+
+def test_cancel_stops_within_one_tile_and_offloads_the_model(compact):
+    model, spy = _spy_descriptor(_descriptor(compact.model))
+    moves = []
+    original_to = model.to
+    model.to = lambda *a, **k: (moves.append(a), original_to(*a, **k))[1]
+
+    class Stop(Exception):
+        pass
+
+    checks = {"n": 0}
+
+    def check_cancel():
+        checks["n"] += 1
+        if checks["n"] == 3:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        upscale_images(model, torch.rand(1, 64, 64, 3), tile_size=32, overlap=8, check_cancel=check_cancel)
+    assert len(spy.calls) == 2  # two tiles ran, the third never started
+    assert moves[-1] == ("cpu",)  # offloaded in `finally`
+
+
+def test_progress_reports_every_tile(compact):
+    seen = []
+    upscale_images(compact, torch.rand(2, 40, 40, 3), tile_size=24, overlap=8, progress=lambda d, t: seen.append((d, t)))
+    total = seen[0][1]
+    assert [d for d, _ in seen] == list(range(1, total + 1)) and total == 2 * 4
+
+
+def test_batch_streams_one_tile_at_a_time(compact):
+    """A long batch never reaches the model as a batch: one image tile per call, never larger
+    than the tile, and the output is allocated once on the host."""
+    model, spy = _spy_descriptor(_descriptor(compact.model))
+    frames = torch.rand(64, 40, 40, 3)
+    out = upscale_images(model, frames, tile_size=32, overlap=16)
+    assert out.shape == (64, 160, 160, 3)
+    assert all(shape[0] == 1 and max(shape[-2:]) <= 32 for shape, _ in spy.calls)
+    assert (out[17] - _direct(compact, frames[17:18])[0]).abs().max() < 1e-5
