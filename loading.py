@@ -7,6 +7,7 @@ Our own architectures are tried first; anything else goes to spandrel.
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -28,13 +29,16 @@ class _OwnArchitecture(Architecture):
         super().__init__(id=name, name=name, detect=lambda sd: _sniff_is(sd, name))
 
     def load(self, state_dict):
-        return build_descriptor(sniff(unwrap_state_dict(state_dict)))
+        spec = sniff(unwrap_state_dict(state_dict))
+        if spec is None:
+            raise ModelLoadError(f"the state dict is not a {self.name}")
+        return build_descriptor(spec)
 
 
 def _sniff_is(state_dict, name: str) -> bool:
     try:
         spec = sniff(unwrap_state_dict(state_dict))
-    except ValueError:
+    except ModelLoadError:
         return False
     return spec is not None and spec.architecture == name
 
@@ -56,10 +60,8 @@ def load_model(path: str | Path, act_type: str | None = None) -> ImageModelDescr
     state = unwrap_state_dict(read_state_dict(path))
     if not state:
         raise ModelLoadError(f"{path.name}: holds no tensors, so it is not a model's weights")
-    try:
-        spec = sniff(state, act_type)
-    except (ValueError, KeyError, IndexError) as e:
-        raise ModelLoadError(f"{path.name}: {e}") from None
+    _check_finite(path, state)
+    spec = _wrap_errors(path, sniff, state, act_type)
     if spec is not None:
         return _wrap_errors(path, build_descriptor, spec)
     return _load_with_spandrel(path, state)
@@ -70,13 +72,22 @@ def _is_ncnn_bin(path: Path) -> bool:
 
 
 def _wrap_errors(path: Path, fn, *args):
+    """Run one loading step so that whatever a hostile or damaged file makes it raise
+    reaches the user as a ModelLoadError naming the file."""
     try:
         return fn(*args)
     except ModelLoadError as e:
         msg = str(e)
         raise ModelLoadError(msg if path.name in msg else f"{path.name}: {msg}") from None
-    except (ValueError, KeyError, IndexError, RuntimeError) as e:
-        raise ModelLoadError(f"{path.name}: {e}") from None
+    except Exception as e:  # shapes no network can take make torch raise almost anything
+        raise ModelLoadError(f"{path.name}: cannot build a model from these weights ({_first_line(e)})") from None
+
+
+def _check_finite(path: Path, state: dict) -> None:
+    """NaN / Inf weights only ever produce black or garbage images: refuse them up front."""
+    for key, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ModelLoadError(f"{path.name}: weight {key} contains NaN or Inf values; the file is corrupt")
 
 
 def read_state_dict(path: Path) -> object:
@@ -106,21 +117,27 @@ def _read_pickle(path: Path) -> object:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        unsafe = _unsafe_global(e)
+        if unsafe is None:  # torch's restricted unpickler also rejects plain garbage
+            raise ModelLoadError(f"{path.name}: not a readable PyTorch checkpoint (corrupt pickle data)") from None
         raise ModelLoadError(
             f"{path.name}: refused to load — the pickle asks for code beyond plain tensors "
-            f"({_unsafe_global(e)}); it may be malicious. Convert trusted files to .safetensors."
+            f"({unsafe}); it may be malicious. Convert trusted files to .safetensors."
         ) from None
     except Exception as e:  # truncated zip, random bytes, wrong format
         raise ModelLoadError(f"{path.name}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
 
 
-def _unsafe_global(e: Exception) -> str:
-    text = str(e)
-    for marker in ("Unsupported global: GLOBAL ", "Unsupported operand", "global "):
-        if marker in text:
-            return text.split(marker, 1)[1].split()[0].rstrip(".,")
-            # e.g. "posix.system" or "builtins.eval"
-    return _first_line(e)
+# torch's weights-only unpickler names the global it refused in one of these phrasings
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL (\S+?)[.,]?(?: |$)|allowlisted via `add_safe_globals`,? but got (.+?)$", re.M)
+
+
+def _unsafe_global(e: Exception) -> str | None:
+    """The refused global (e.g. ``posix.system``), or None if the pickle was merely corrupt."""
+    m = _UNSAFE_GLOBAL.search(str(e))
+    if m is None:
+        return None
+    return (m.group(1) or m.group(2)).strip()
 
 
 def _first_line(e: Exception) -> str:
@@ -219,7 +236,6 @@ def model_info(descriptor: ImageModelDescriptor) -> dict:
     hp = {k: v for k, v in hp.items() if isinstance(v, (int, float, str, bool))}
     return {
         "architecture": descriptor.architecture.name,
-        "scale": descriptor.scale,
         "in_channels": descriptor.input_channels,
         "out_channels": descriptor.output_channels,
         "key_format": getattr(model, "key_format", "spandrel"),
@@ -227,5 +243,5 @@ def model_info(descriptor: ImageModelDescriptor) -> dict:
         "supports_half": descriptor.supports_half,
         "supports_bfloat16": descriptor.supports_bfloat16,
         **hp,
-        "scale": descriptor.scale,
+        "scale": descriptor.scale,  # after **hp: the descriptor's scale includes any fixed resize
     }

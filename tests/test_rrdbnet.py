@@ -7,7 +7,7 @@ import pytest
 import torch
 from spandrel import ModelLoader
 
-from model_fixtures import EXPECTED_KEY_FORMAT, LAYOUTS, image, rrdbnet_oracle, rrdbnet_state, save
+from .model_fixtures import EXPECTED_KEY_FORMAT, LAYOUTS, image, rrdbnet_oracle, rrdbnet_state, save
 from realesrgan_tiled.loading import load_model, model_info
 
 TOL = 1e-5
