@@ -206,6 +206,19 @@ def cancel_check():
     return mm.throw_exception_if_processing_interrupted
 
 
+def blocked_output(message: str):
+    """An output value that makes ComfyUI stop any node fed from it with ``message``
+    (``ExecutionBlocker``: ComfyUI's mechanism for an output that is invalid in this
+    configuration; an unconnected output is never looked at). Cache-safe, unlike checking the
+    prompt for a connection. None where ComfyUI is absent."""
+    for module in ("comfy_execution.graph_utils", "comfy_execution.graph"):
+        try:
+            return __import__(module, fromlist=["ExecutionBlocker"]).ExecutionBlocker(message)
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
 def is_cancel(exc: BaseException) -> bool:
     """True for the exceptions that mean "the user cancelled" and must never be swallowed."""
     from ..errors import UpscaleCancelled

@@ -178,17 +178,10 @@ def _short(e: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def latent_output_connected(prompt, unique_id) -> bool:
-    """True when some node of the running prompt reads this node's LATENT output (slot 1).
-    Unknown (no prompt given): assume connected."""
-    if not isinstance(prompt, dict) or unique_id is None:
-        return True
-    uid = str(unique_id)
-    for node in prompt.values():
-        for value in (node.get("inputs") or {}).values() if isinstance(node, dict) else ():
-            if isinstance(value, (list, tuple)) and len(value) == 2 and str(value[0]) == uid and value[1] == 1:
-                return True
-    return False
+NO_VAE_MESSAGE = (
+    "Hires-Fix Upscale (Real-ESRGAN): its LATENT output is used but its vae input is not connected; "
+    "connect the checkpoint's VAE (the latent is the upscaled image encoded with it)"
+)
 
 
 class HiresFixUpscale:
@@ -199,7 +192,8 @@ class HiresFixUpscale:
         "size, rounded to multiple_of. If anything on the model path fails (no model, out of memory, an "
         "unsupported model, any error), it falls back to plain resampling and says why in the report; only a "
         "cancel stops it. With a VAE connected, LATENT is the result encoded for a second KSampler pass "
-        "(denoise ~0.5). Without a VAE, LATENT must stay unconnected (the node raises an error otherwise)."
+        "(denoise ~0.5). Without a VAE, LATENT carries no latent: a node fed from it is blocked with an error "
+        "saying to connect the VAE."
     )
     CATEGORY = _host.CATEGORY
     RETURN_TYPES = ("IMAGE", "LATENT", "STRING")
@@ -241,25 +235,19 @@ class HiresFixUpscale:
                 "upscale_model": ("UPSCALE_MODEL",),
                 "vae": ("VAE",),
             },
-            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
 
-    def upscale(self, image, scale_by, width, height, resample, multiple_of, upscale_model=None, vae=None,
-                prompt=None, unique_id=None):
-        if vae is None and latent_output_connected(prompt, unique_id):
-            raise ValueError(
-                "Hires-Fix Upscale (Real-ESRGAN): the LATENT output is connected but the vae input is not; "
-                "connect the checkpoint's VAE (the latent is the result encoded with it)"
-            )
+    def upscale(self, image, scale_by, width, height, resample, multiple_of, upscale_model=None, vae=None):
         _, in_h, in_w, _ = image.shape
         target = hires_target_size(in_h, in_w, scale_by, width, height, multiple_of)
         out, report = self.resize(image, target, resample, upscale_model)
         batch = f" (batch of {image.shape[0]})" if image.shape[0] > 1 else ""
         report += batch
         log.info("Hires-Fix Upscale (Real-ESRGAN): %s", report)
-        latent = None
         if vae is not None:
             latent = {"samples": vae.encode(out[:, :, :, :3])}
+        else:
+            latent = _host.blocked_output(NO_VAE_MESSAGE)
         return (out, latent, report)
 
     @staticmethod

@@ -1,0 +1,68 @@
+"""Each example workflow in the real frontend: app.loadGraphData, app.graphToPrompt (must give
+exactly its API twin), then queued from the page and its result checked."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+import browser
+import harness
+from test_host import expect_close
+
+
+@pytest.fixture(scope="module")
+def front(server):
+    why = browser.available()
+    if why:
+        pytest.skip(why)
+    f = browser.Frontend(server)
+    yield f
+    f.close()
+
+
+def _strip(prompt: dict) -> dict:
+    return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()}
+
+
+def _queue_from_page(front, server, timeout=300) -> dict:
+    before = set(server.get("/history?max_items=1000"))
+    front.queue()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = {k: v for k, v in server.get("/history?max_items=1000").items() if k not in before}
+        if new:
+            return next(iter(new.values()))
+        time.sleep(0.25)
+    raise TimeoutError("the prompt queued from the page never finished")
+
+
+@pytest.mark.parametrize("name", harness.example_names())
+def test_example_workflow_in_frontend(front, server, name, input_image, bundled):
+    from realesrgan_tiled.engine import upscale_images
+
+    workflow = json.loads(server.get(f"/api/workflow_templates/{harness.PACKAGE_DIR_NAME}/{name}.json", raw=True))
+    front.reload()
+    front.load_ui(workflow)
+    prompt = front.graph_to_prompt()
+    assert _strip(prompt) == _strip(harness.load_api(name)), "the frontend's API form differs from the twin"
+    assert not front.serious_errors(), front.serious_errors()
+    if harness.needs_checkpoint(prompt):
+        return  # no diffusion checkpoint on the test host: load + conversion only
+
+    entry = _queue_from_page(front, server)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (got,) = server.output_images(entry, harness.nodes_of(prompt, "SaveImage")[0])
+    x4 = bundled("RealESRGAN_x4plus")
+    if name == "hires_fix_image":
+        assert got.shape == (40, 48, 3)
+        expect_close(got, upscale_images(x4, input_image, device="cpu", output_size=(40, 48))[0])
+        report = server.output_text(entry, harness.nodes_of(prompt, "PreviewAny")[0])
+        assert report.startswith("model RealESRGAN_x4plus: 32x24 -> 48x40"), report
+    elif name == "core_upscale_with_model":
+        assert got.shape == (96, 128, 3)
+        expect_close(got, upscale_images(x4, input_image, device="cpu")[0], min_psnr=40.0, max_abs=8)
+    else:
+        assert got.shape == (96, 128, 3)
+        expect_close(got, upscale_images(x4, input_image, device="cpu")[0])

@@ -1,0 +1,230 @@
+"""The nodes in a real ComfyUI, over plain HTTP: registration, the example workflows (API twins)
+checked against the engine run directly, ncnn files, RGBA, the fallback, and cancelling."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import harness
+from harness import PromptFailed, PromptRejected
+
+DISPLAY = {
+    "RealESRGAN_LoadUpscaleModel": "Load Upscale Model (Real-ESRGAN)",
+    "RealESRGAN_UpscaleImageTiled": "Upscale Image Tiled (Real-ESRGAN)",
+    "RealESRGAN_HiresFixUpscale": "Hires-Fix Upscale (Real-ESRGAN)",
+}
+INPUTS = {
+    "RealESRGAN_LoadUpscaleModel": ["model_name"],
+    "RealESRGAN_UpscaleImageTiled": ["upscale_model", "image", "tile_size", "overlap", "precision"],
+    "RealESRGAN_HiresFixUpscale": ["image", "scale_by", "width", "height", "resample", "multiple_of",
+                                   "upscale_model", "vae"],
+}
+OUTPUTS = {
+    "RealESRGAN_LoadUpscaleModel": ["UPSCALE_MODEL"],
+    "RealESRGAN_UpscaleImageTiled": ["IMAGE"],
+    "RealESRGAN_HiresFixUpscale": ["IMAGE", "LATENT", "STRING"],
+}
+
+
+def expect_close(got: np.ndarray, expected_tensor: torch.Tensor, min_psnr=45.0, max_abs=2):
+    """ComfyUI's saved PNG vs the engine's float result quantized the way SaveImage does."""
+    expected = harness.comfy_save_quantize(expected_tensor)
+    assert got.shape == expected.shape, (got.shape, expected.shape)
+    diff = np.abs(got.astype(int) - expected.astype(int))
+    assert diff.max() <= max_abs and harness.psnr(got, expected) >= min_psnr, (
+        f"max abs {diff.max()}, PSNR {harness.psnr(got, expected):.1f} dB")
+
+
+# ---------------------------------------------------------------- registration
+
+def test_nodes_registered_without_import_errors(server, object_info):
+    log = server.log()
+    assert "IMPORT FAILED" not in log or harness.PACKAGE_DIR_NAME not in log.split("IMPORT FAILED", 1)[1][:400], log
+    assert "realesrgan_tiled" not in "".join(l for l in log.splitlines() if "Traceback" in l or "Error" in l)
+    for node_id, display in DISPLAY.items():
+        info = object_info[node_id]
+        assert info["display_name"] == display
+        assert info["category"] == "image/upscaling"
+        names = list(info["input"]["required"]) + list(info["input"].get("optional", {}))
+        assert names == INPUTS[node_id]
+        assert info["output"] == OUTPUTS[node_id]
+    hires = object_info["RealESRGAN_HiresFixUpscale"]["input"]
+    assert hires["required"]["scale_by"][1]["default"] == 2.0
+    assert hires["required"]["multiple_of"][1]["default"] == 8
+    assert hires["required"]["resample"][0] == ["lanczos", "bicubic", "area", "bilinear", "nearest-exact"]
+    assert object_info["RealESRGAN_UpscaleImageTiled"]["input"]["required"]["precision"][0] == ["auto", "fp32", "fp16", "bf16"]
+
+
+def test_model_list_has_bundled_models_and_ncnn_param_not_bin(object_info):
+    names = object_info["RealESRGAN_LoadUpscaleModel"]["input"]["required"]["model_name"][0]
+    assert names[0] == "bundled/RealESRGAN_x4plus"
+    for n in ("RealESRGAN_x4plus", "RealESRGAN_x4plus_anime_6B", "realesr-animevideov3-x2",
+              "realesr-animevideov3-x3", "realesr-animevideov3-x4"):
+        assert f"bundled/{n}" in names
+    assert "ncnn/animevideov3-x2.param" in names
+    assert "ncnn/animevideov3-x2.bin" not in names
+    # core's loader keeps its own list: we did not add .param to the shared extension set
+    core = object_info["UpscaleModelLoader"]["input"]["required"]["model_name"][0]
+    assert not any(n.endswith(".param") for n in core)
+    assert not any(n.endswith(".param") for n in object_info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0])
+
+
+def test_example_workflows_listed_and_twinned(server):
+    names = harness.example_names()
+    assert {"tiled_upscale", "hires_fix_image", "hires_fix_ksampler", "core_upscale_with_model"} <= set(names)
+    templates = server.get("/api/workflow_templates")
+    assert set(templates[harness.PACKAGE_DIR_NAME]) >= set(names), templates
+    for name in names:
+        ui = json.loads(server.get(f"/api/workflow_templates/{harness.PACKAGE_DIR_NAME}/{name}.json", raw=True))
+        assert any((harness.EXAMPLES_DIR / f"{name}{ext}").is_file() for ext in (".jpg", ".png")), f"{name}: no thumbnail"
+        api = harness.load_api(name)
+        ui_types = sorted(n["type"] for n in ui["nodes"])
+        assert ui_types == sorted(v["class_type"] for v in api.values()), name
+        for node in ui["nodes"]:  # the bundled models, so the examples run for anyone
+            if node["type"] == "RealESRGAN_LoadUpscaleModel":
+                assert node["widgets_values"][0].startswith("bundled/")
+            if node["type"] == "LoadImage":
+                assert node["widgets_values"][0] == "example.png"
+
+
+# ---------------------------------------------------------------- example workflows, checked against the engine
+
+def test_example_tiled_upscale(server, input_image, bundled):
+    from realesrgan_tiled.engine import upscale_images
+
+    prompt = harness.with_unique_prefix(harness.load_api("tiled_upscale"))
+    entry = server.run_prompt(prompt)
+    (got,) = server.output_images(entry, harness.nodes_of(prompt, "SaveImage")[0])
+    assert got.shape == (96, 128, 3)
+    expect_close(got, upscale_images(bundled("RealESRGAN_x4plus"), input_image, device="cpu")[0])
+
+
+def test_example_hires_fix_image(server, input_image, bundled):
+    from realesrgan_tiled.engine import upscale_images
+
+    prompt = harness.with_unique_prefix(harness.load_api("hires_fix_image"))
+    entry = server.run_prompt(prompt)
+    (got,) = server.output_images(entry, harness.nodes_of(prompt, "SaveImage")[0])
+    # 32x24 * 1.5 = 48x36 -> nearest multiples of 8: 48x40
+    assert got.shape == (40, 48, 3)
+    report = server.output_text(entry, harness.nodes_of(prompt, "PreviewAny")[0])
+    assert report.startswith("model RealESRGAN_x4plus: 32x24 -> 48x40"), report
+    expected = upscale_images(bundled("RealESRGAN_x4plus"), input_image, device="cpu", output_size=(40, 48),
+                              resample="lanczos")[0]
+    expect_close(got, expected)
+
+
+def test_example_core_upscale_with_our_loader(server, input_image, bundled):
+    from realesrgan_tiled.engine import upscale_images
+
+    prompt = harness.with_unique_prefix(harness.load_api("core_upscale_with_model"))
+    entry = server.run_prompt(prompt)
+    (got,) = server.output_images(entry, harness.nodes_of(prompt, "SaveImage")[0])
+    assert got.shape == (96, 128, 3)
+    # core runs the whole 32x24 image as one 512 px tile; our engine tiles/blends: tiny differences only
+    expect_close(got, upscale_images(bundled("RealESRGAN_x4plus"), input_image, device="cpu")[0],
+                 min_psnr=40.0, max_abs=8)
+
+
+def test_example_hires_fix_ksampler_validates_except_checkpoint(server):
+    """Needs a diffusion checkpoint, which the test host lacks: ComfyUI must reject it for the
+    missing checkpoint only, i.e. every other node (ours included) validates."""
+    prompt = harness.with_unique_prefix(harness.load_api("hires_fix_ksampler"))
+    with pytest.raises(PromptRejected) as info:
+        server.queue(prompt)
+    body = json.loads(str(info.value))
+    errors = body["node_errors"]
+    assert set(errors) == set(harness.nodes_of(prompt, "CheckpointLoaderSimple")), errors
+    assert "ckpt_name" in json.dumps(errors)
+
+
+# ---------------------------------------------------------------- more host behaviour
+
+def tiled_prompt(image="example.png", model="bundled/realesr-animevideov3-x2", tile_size=0):
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "2": {"class_type": "RealESRGAN_LoadUpscaleModel", "inputs": {"model_name": model}},
+        "3": {"class_type": "RealESRGAN_UpscaleImageTiled",
+              "inputs": {"upscale_model": ["2", 0], "image": ["1", 0], "tile_size": tile_size, "overlap": 0,
+                         "precision": "auto"}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "t"}},
+    }
+
+
+def test_ncnn_param_file_loads_and_matches_bundled(server, input_image, bundled):
+    from realesrgan_tiled.engine import upscale_images
+
+    prompt = harness.with_unique_prefix(tiled_prompt(model="ncnn/animevideov3-x2.param"))
+    (got,) = server.output_images(server.run_prompt(prompt), "4")
+    assert got.shape == (48, 64, 3)
+    expect_close(got, upscale_images(bundled("realesr-animevideov3-x2"), input_image, device="cpu")[0])
+
+
+def test_rgba_image_stays_rgba(server, host_base, bundled):
+    from PIL import Image
+
+    from realesrgan_tiled.engine import upscale_images
+
+    prompt = harness.with_unique_prefix(tiled_prompt(image="rgba.png", model="bundled/realesr-animevideov3-x2"))
+    prompt["5"] = {"class_type": "JoinImageWithAlpha", "inputs": {"image": ["1", 0], "alpha": ["1", 1]}}
+    prompt["3"]["inputs"]["image"] = ["5", 0]
+    (got,) = server.output_images(server.run_prompt(prompt), "4")
+    assert got.shape == (48, 64, 4)
+    rgba = harness.to_image_tensor(np.asarray(Image.open(host_base / "input" / "rgba.png")))
+    expect_close(got, upscale_images(bundled("realesr-animevideov3-x2"), rgba, device="cpu")[0])
+
+
+def test_hires_fallback_without_model_and_latent_needs_vae(server, input_image):
+    from realesrgan_tiled.resize import resize_images
+
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "3": {"class_type": "RealESRGAN_HiresFixUpscale",
+              "inputs": {"image": ["1", 0], "scale_by": 2.0, "width": 100, "height": 0, "resample": "bicubic",
+                         "multiple_of": 8}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "fb"}},
+        "5": {"class_type": "PreviewAny", "inputs": {"source": ["3", 2]}},
+    }
+    entry = server.run_prompt(harness.with_unique_prefix(prompt))
+    (got,) = server.output_images(entry, "4")
+    # width 100 -> 104 (multiple of 8); height follows the aspect ratio: 24 * 100/32 = 75 -> 72
+    assert got.shape == (72, 104, 3)
+    assert server.output_text(entry, "5") == "bicubic fallback (no upscale model connected): 32x24 -> 104x72"
+    expect_close(got, resize_images(input_image, (72, 104), "bicubic")[0])
+
+    # LATENT used without a VAE: the consumer is blocked (ComfyUI's ExecutionBlocker, with a message
+    # for the UI); the image path still runs
+    prompt["6"] = {"class_type": "PreviewAny", "inputs": {"source": ["3", 1]}}
+    entry = server.run_prompt(harness.with_unique_prefix(prompt))
+    assert "6" not in entry["outputs"] and "4" in entry["outputs"] and "5" in entry["outputs"]
+
+
+def test_interrupt_stops_upscale_within_a_tile_and_next_prompt_runs(server, input_image, bundled):
+    from realesrgan_tiled.engine import upscale_images
+
+    # x4plus on 96x96 in 16 px tiles: ~100 tiles, minutes on this CPU
+    slow = harness.with_unique_prefix(tiled_prompt(image="big.png", model="bundled/RealESRGAN_x4plus", tile_size=16))
+    started = time.monotonic()
+    prompt_id = server.queue(slow)
+    while not server.queue_state()["queue_running"]:
+        assert time.monotonic() - started < 60, "the prompt never started"
+        time.sleep(0.1)
+    time.sleep(3.0)  # model loaded, tiles under way
+    t0 = time.monotonic()
+    server.interrupt()
+    entry = server.wait(prompt_id, timeout=60)
+    stopped_after = time.monotonic() - t0
+    status = entry["status"]
+    assert status["status_str"] == "error" and not status["completed"], status
+    assert any(m[0] == "execution_interrupted" for m in status["messages"]), status["messages"]
+    assert stopped_after < 6.0, f"took {stopped_after:.1f}s to stop"
+    assert not entry["outputs"], "an interrupted upscale must not save an image"
+
+    # the next prompt runs normally (the model was offloaded, nothing is left half-done)
+    nxt = harness.with_unique_prefix(tiled_prompt(model="bundled/realesr-animevideov3-x2"))
+    (got,) = server.output_images(server.run_prompt(nxt), "4")
+    expect_close(got, upscale_images(bundled("realesr-animevideov3-x2"), input_image, device="cpu")[0])
