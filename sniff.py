@@ -109,11 +109,15 @@ def _from_old_esrgan(state: dict) -> dict:
     trunk = [int(m.group(1)) for k in state if (m := _OLD_RDB.match(k))]
     num_block = max(trunk) + 1 if trunk else 0
     tail_convs = sorted({int(m.group(1)) for k in state if (m := _OLD_CONV.match(k))} - {0})
-    names = {0: "conv_first"}
-    if len(tail_convs) >= 2:
-        *ups, hr, last = tail_convs
-        names.update({i: f"conv_up{n}" for n, i in enumerate(ups, 1)})
-        names.update({hr: "conv_hr", last: "conv_last"})
+    # n upsample stages put convs at 3, 6, …, 3n, then HR conv at 3n+2 and the last at 3n+4;
+    # any other index set is a damaged file (or a pixel-shuffle variant) we must not guess at
+    n = len(tail_convs) - 2
+    if n < 0 or tail_convs != [3 * i for i in range(1, n + 1)] + [3 * n + 2, 3 * n + 4]:
+        found = ", ".join(f"model.{i}" for i in tail_convs) or "none"
+        _not_buildable("RRDBNet", f"its layers after the trunk ({found}) are not the original ESRGAN "
+                       "sequence of upsample convs, HR conv and last conv")
+    names = {0: "conv_first", 3 * n + 2: "conv_hr", 3 * n + 4: "conv_last"}
+    names.update({3 * i: f"conv_up{i}" for i in range(1, n + 1)})
     for key, value in state.items():
         if m := _OLD_RDB.match(key):
             blk, rdb, conv, kind = m.groups()
