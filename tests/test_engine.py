@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.archs import RRDBNet, SRVGGNetCompact
 from realesrgan_tiled.engine import (
     UpscaleStats,
@@ -80,19 +81,24 @@ def test_tiled_equals_untiled_for_finite_receptive_field(compact):
     assert (tiled - _direct(compact, images)).abs().max() < 1e-5
 
 
-def test_real_x4plus_tiled_vs_whole_image_psnr(x4plus_path):
+@pytest.mark.parametrize("name", [
+    "RealESRGAN_x4plus_anime_6B",
+    pytest.param("RealESRGAN_x4plus", marks=pytest.mark.slow),  # ~2 min on 2 cores
+])
+def test_real_rrdbnet_tiled_vs_whole_image_psnr(name):
     """The issue's bar: real weights, real photo, tiled vs untiled >= 50 dB, and no row or
-    column of the difference stands out (a seam would)."""
-    model = load_model(x4plus_path)
-    image = photo("astronaut", (96, 120))
+    column of the difference stands out (a seam would). RRDBNet's receptive field is far
+    wider than any overlap, so this measures the blending, not just bookkeeping."""
+    model = load_model(bundled_model_path(name))
+    image = photo("astronaut", (112, 160))
     whole = upscale_images(model, image, tile_size=512)
     stats = UpscaleStats()
-    tiled = upscale_images(model, image, tile_size=64, stats=stats)
-    assert stats.tiles > 4
+    tiled = upscale_images(model, image, tile_size=96, stats=stats)  # automatic overlap
+    assert stats.tiles >= 4
     assert psnr(tiled, whole) >= 50
     diff = (tiled - whole)[0].abs().mean(-1)
     worst_row, worst_col = diff.mean(1).max().item(), diff.mean(0).max().item()
-    assert max(worst_row, worst_col) < 2 / 255  # averaged over a line, a seam would show
+    assert max(worst_row, worst_col) < 1 / 255  # averaged over a line, a seam would show
 
 
 def test_unshuffle_model_tiles_align_with_pixel_groups():
