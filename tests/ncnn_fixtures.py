@@ -1,0 +1,254 @@
+"""Test helpers for ncnn models: run a .param/.bin pair in the real ncnn runtime, and write
+small .param/.bin pairs from torch weights (the way onnx2ncnn/pnnx lay them out)."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FP16_TAG = 0x01306B47
+
+
+def blob_names(param: Path) -> tuple[str, str]:
+    """(input blob, output blob) read from a text .param: the Input layer's blob, and the one
+    blob that is produced but never read."""
+    produced, consumed, data = [], set(), None
+    for line in param.read_text().splitlines()[2:]:
+        tok = line.split()
+        if not tok:
+            continue
+        n_in, n_out = int(tok[2]), int(tok[3])
+        bottoms, tops = tok[4:4 + n_in], tok[4 + n_in:4 + n_in + n_out]
+        if tok[0] == "Input":
+            data = tops[0]
+        consumed.update(bottoms)
+        produced.extend(tops)
+    outputs = [b for b in produced if b not in consumed]
+    assert data is not None and len(outputs) == 1, (data, outputs)
+    return data, outputs[0]
+
+
+def run_ncnn(param: Path, x: torch.Tensor, threads: int = 1) -> torch.Tensor:
+    """Run the ncnn graph on CPU in full fp32. ``x``: [1, C, H, W] float (ncnn's Mat is C, H, W).
+    One thread by default: ncnn's OpenMP threads spin-wait, which on a busy 2-core machine
+    (torch in the same process, other test runs beside it) is several times slower than one."""
+    import ncnn
+
+    param = Path(param)
+    data, output = blob_names(param)
+    net = ncnn.Net()
+    opt = net.opt
+    opt.use_vulkan_compute = False
+    opt.num_threads = threads
+    opt.openmp_blocktime = 0
+    for name in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage"):
+        setattr(opt, name, False)  # fp32 throughout, or the comparison measures ncnn's fp16, not our import
+    opt.use_winograd_convolution = False  # same results within 1e-6; its weight transform costs more than it saves here
+    assert net.load_param(str(param)) == 0
+    assert net.load_model(str(param.with_suffix(".bin"))) == 0
+    ex = net.create_extractor()
+    arr = np.ascontiguousarray(x[0].detach().cpu().numpy(), dtype=np.float32)
+    assert ex.input(data, ncnn.Mat(arr)) == 0
+    ret, out = ex.extract(output)
+    assert ret == 0
+    result = torch.from_numpy(np.array(out, copy=True)).unsqueeze(0)
+    del ex, net
+    return result
+
+
+class GraphWriter:
+    """Builds an ncnn graph layer by layer; ``save`` inserts the Split layers ncnn needs where
+    a blob has several readers and writes the .param and the .bin (weights in layer order)."""
+
+    def __init__(self):
+        self.layers: list[dict] = []
+        self.count = 0
+        self.data = self._add("Input", [], {}, name="input")
+
+    def _add(self, type_, bottoms, params, weights=(), name=None) -> str:
+        self.count += 1
+        top = f"b{self.count}"
+        self.layers.append(dict(type=type_, name=name or f"{type_.lower()}_{self.count}", bottoms=list(bottoms),
+                                tops=[top], params=params, weights=list(weights)))
+        return top
+
+    def conv(self, x, weight: torch.Tensor, bias: torch.Tensor | None, act=None, fp16=False) -> str:
+        out, cin, kh, kw = weight.shape
+        params = {0: out, 1: kw, 11: kh, 4: kw // 2, 5: int(bias is not None), 6: weight.numel()}
+        if act == "relu":
+            params[9] = 1
+        elif act is not None:  # a LeakyReLU slope
+            params[9] = 2
+            params[-23310] = [float(act)]
+        w = weight.detach().float().numpy().ravel()
+        blobs = [_tagged(w, fp16)]
+        if bias is not None:
+            blobs.append(bias.detach().float().numpy().astype("<f4").tobytes())
+        return self._add("Convolution", [x], params, blobs)
+
+    def relu(self, x, slope: float = 0.0) -> str:
+        return self._add("ReLU", [x], {0: float(slope)} if slope else {})
+
+    def prelu(self, x, slopes: torch.Tensor) -> str:
+        return self._add("PReLU", [x], {0: slopes.numel()}, [slopes.detach().float().numpy().astype("<f4").tobytes()])
+
+    def concat(self, xs) -> str:
+        return self._add("Concat", xs, {0: 0})
+
+    def eltwise_sum(self, xs, coeffs) -> str:
+        return self._add("Eltwise", xs, {0: 1, -23301: [float(c) for c in coeffs]})
+
+    def add(self, a, b) -> str:
+        return self._add("BinaryOp", [a, b], {0: 0})
+
+    def mul_scalar(self, a, value: float) -> str:
+        return self._add("BinaryOp", [a], {0: 2, 1: 1, 2: float(value)})
+
+    def interp(self, x, mode: int, scale: float) -> str:
+        return self._add("Interp", [x], {0: mode, 1: float(scale), 2: float(scale)})
+
+    def pixel_shuffle(self, x, r: int, mode: int = 0) -> str:
+        return self._add("PixelShuffle", [x], {0: r, 1: mode} if mode else {0: r})
+
+    def reorg(self, x, stride: int, mode: int = 0) -> str:
+        return self._add("Reorg", [x], {0: stride, 1: mode} if mode else {0: stride})
+
+    def layer(self, type_, xs, params=None) -> str:
+        return self._add(type_, xs, params or {})
+
+    def save(self, stem: Path, output: str, output_name: str = "output", data_name: str = "data") -> Path:
+        layers = [dict(layer, bottoms=list(layer["bottoms"]), tops=list(layer["tops"])) for layer in self.layers]
+        rename = {output: output_name, self.data: data_name}
+        for layer in layers:
+            layer["bottoms"] = [rename.get(b, b) for b in layer["bottoms"]]
+            layer["tops"] = [rename.get(t, t) for t in layer["tops"]]
+        readers: dict[str, int] = {}
+        for layer in layers:
+            for b in layer["bottoms"]:
+                readers[b] = readers.get(b, 0) + 1
+        final = []
+        for layer in layers:
+            final.append(layer)
+            for t in layer["tops"]:
+                n = readers.get(t, 0)
+                if n > 1:
+                    outs = [f"{t}_splitncnn_{i}" for i in range(n)]
+                    final.append(dict(type="Split", name=f"splitncnn_{t}", bottoms=[t], tops=outs, params={}, weights=[]))
+                    used = 0
+                    for later in layers[layers.index(layer) + 1:]:
+                        for i, b in enumerate(later["bottoms"]):
+                            if b == t:
+                                later["bottoms"][i] = outs[used]
+                                used += 1
+        blobs = {b for layer in final for b in (*layer["bottoms"], *layer["tops"])}
+        lines = ["7767517", f"{len(final)} {len(blobs)}"]
+        for layer in final:
+            fields = [f"{layer['type']:<24}", f"{layer['name']:<24}", str(len(layer["bottoms"])), str(len(layer["tops"])),
+                      *layer["bottoms"], *layer["tops"]]
+            fields += [_param(k, v) for k, v in layer["params"].items()]
+            lines.append(" ".join(fields))
+        stem = Path(stem)
+        param = stem.with_suffix(".param")
+        param.write_text("\n".join(lines) + "\n")
+        stem.with_suffix(".bin").write_bytes(b"".join(w for layer in final for w in layer["weights"]))
+        return param
+
+
+def _tagged(values: np.ndarray, fp16) -> bytes:
+    """``fp16``: False (fp32, tag 0), True (fp16 tag, padded to 4 bytes) or "table" (a 256-entry
+    fp32 lookup table + uint8 indices, padded to 4 bytes, behind any other non-zero tag)."""
+    if fp16 == "table":
+        table = np.linspace(values.min(), values.max(), 256).astype("<f4")
+        idx = np.abs(values[:, None] - table[None, :]).argmin(1).astype(np.uint8)
+        raw = idx.tobytes() + b"\0" * (-len(idx) % 4)
+        return struct.pack("<I", 1) + table.tobytes() + raw
+    if fp16:
+        raw = values.astype("<f2").tobytes()
+        raw += b"\0" * (-len(raw) % 4)
+        return struct.pack("<I", FP16_TAG) + raw
+    return struct.pack("<I", 0) + values.astype("<f4").tobytes()
+
+
+def _param(key: int, value) -> str:
+    if isinstance(value, list):
+        return f"{key}={len(value)}," + ",".join(f"{v:e}" for v in value)
+    if isinstance(value, float):
+        return f"{key}={value:e}"
+    return f"{key}={value}"
+
+
+# ---- the two architectures, written the way the real exports are ---------------------------
+
+def write_rrdbnet(stem: Path, state: dict, num_block: int, num_upsample: int, fp16=False,
+                  unshuffle: int = 1, unshuffle_mode: int = 0, sum_style: str = "eltwise",
+                  resize: tuple[int, float] | None = None) -> Path:
+    """An RRDBNet graph from basicsr-keyed weights (``sum_style``: "eltwise" as onnx2ncnn writes
+    the 0.2-scaled residuals, or "binaryop" for a multiply-by-scalar plus add)."""
+    g = GraphWriter()
+
+    def conv(x, key, act=None):
+        return g.conv(x, state[f"{key}.weight"], state[f"{key}.bias"], act, fp16)
+
+    def residual(y, x):  # 0.2 * y + x
+        if sum_style == "eltwise":
+            return g.eltwise_sum([y, x], [0.2, 1.0])
+        return g.add(x, g.mul_scalar(y, 0.2))
+
+    x = g.data
+    if unshuffle > 1:
+        x = g.reorg(x, unshuffle, unshuffle_mode)
+        if unshuffle_mode == 1:  # Reorg mode 1 orders channels offset-major: reorder conv_first to match
+            w = state["conv_first.weight"]
+            c = w.shape[1] // unshuffle**2
+            order = [k * c + ch for ch in range(c) for k in range(unshuffle**2)]
+            inverse = [order.index(i) for i in range(len(order))]
+            state = dict(state, **{"conv_first.weight": w[:, inverse]})
+    feat = conv(x, "conv_first")
+    h = feat
+    for n in range(num_block):
+        block_in = h
+        for r in range(1, 4):
+            key = f"body.{n}.rdb{r}"
+            feeds = [h]
+            for j in range(1, 5):
+                inp = feeds[0] if j == 1 else g.concat(feeds)
+                feeds.append(conv(inp, f"{key}.conv{j}", 0.2))
+            h = residual(conv(g.concat(feeds), f"{key}.conv5"), h)
+        h = residual(h, block_in)
+    h = g.add(feat, conv(h, "conv_body")) if sum_style == "eltwise" else g.add(conv(h, "conv_body"), feat)
+    for i in range(1, num_upsample + 1):
+        h = conv(g.interp(h, 1, 2.0), f"conv_up{i}", 0.2)
+    out = conv(conv(h, "conv_hr", 0.2), "conv_last")
+    if resize is not None:
+        out = g.interp(out, *resize)
+    return g.save(stem, out)
+
+
+def write_srvgg(stem: Path, state: dict, upscale: int, act: str, fp16=False, fused=True,
+                resize: tuple[int, float] | None = None, shuffle_mode: int = 0) -> Path:
+    """An SRVGGNetCompact graph from ``body.N`` weights; ``act``: "prelu", "relu" or "leakyrelu"
+    (fused into the convs or as separate ReLU layers)."""
+    g = GraphWriter()
+    convs = sorted(int(k.split(".")[1]) for k in state if k.endswith(".weight") and state[k].ndim == 4)
+    h = g.data
+    for i in convs:
+        w, b = state[f"body.{i}.weight"], state[f"body.{i}.bias"]
+        last = i == convs[-1]
+        if last and shuffle_mode == 1:  # PixelShuffle mode 1 reads channels offset-major
+            c = w.shape[0] // upscale**2
+            order = [k * c + ch for ch in range(c) for k in range(upscale**2)]
+            inverse = [order.index(j) for j in range(len(order))]
+            w, b = w[inverse], b[inverse]
+        slope = {"relu": "relu", "leakyrelu": 0.1}.get(act)
+        if last or act == "prelu" or not fused:
+            h = g.conv(h, w, b, None, fp16)
+            if not last:
+                h = g.prelu(h, state[f"body.{i + 1}.weight"]) if act == "prelu" else g.relu(h, 0.1 if act == "leakyrelu" else 0.0)
+        else:
+            h = g.conv(h, w, b, slope, fp16)
+    h = g.add(g.pixel_shuffle(h, upscale, shuffle_mode), g.interp(g.data, 1, float(upscale)))
+    if resize is not None:
+        h = g.interp(h, *resize)
+    return g.save(stem, h)
