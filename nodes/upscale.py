@@ -167,7 +167,7 @@ def hires_target_size(height: int, width: int, scale_by: float, target_width: in
 def _reason(e: BaseException) -> str:
     text = " ".join(str(e).split())
     if isinstance(e, torch.OutOfMemoryError) or "out of memory" in text.lower():
-        return "CUDA out of memory" if "CUDA" in text or isinstance(e, torch.OutOfMemoryError) else "out of memory"
+        return "CUDA out of memory" if "cuda" in text.lower() else "out of memory"
     if isinstance(e, ModelLoadError):
         return "model could not be loaded"
     return f"model error: {type(e).__name__}"

@@ -42,6 +42,8 @@ class Frontend:
         )
         self.page = self.context.pages[0] if self.context.pages else self.context.new_page()
         self.errors: list[str] = []
+        self.baseline: set[str] = set()
+        self._mark = 0
         self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(f"console: {m.text}"))
         self.reload()
@@ -53,11 +55,15 @@ class Frontend:
         self.page.wait_for_function(
             f"() => window.app && window.app.graph && window.LiteGraph && "
             f"[{ids}].every(n => n in window.LiteGraph.registered_node_types)", timeout=120_000)
+        self.page.wait_for_timeout(1000)
+        self.baseline = set(self.errors)
+        self._mark = len(self.errors)
 
     def serious_errors(self) -> list[str]:
         """Console errors other than the known harmless noise (404s for user.css/userdata, the
-        Comfy API host lookup, one settings pageerror)."""
-        return [e for e in self.errors if not any(h in e for h in HARMLESS)]
+        Comfy API host lookup, settings) and other than those the bare page already showed
+        after its last reload (frontend noise that no workflow caused)."""
+        return [e for e in self.errors[self._mark:] if not any(h in e for h in HARMLESS) and e not in self.baseline]
 
     def load_api(self, api: dict) -> dict:
         """Load an API-form prompt the way the frontend does for a dropped API json; returns the
