@@ -212,6 +212,8 @@ class _GraphMatcher:
                     f"{name}: {layer.label()}: unexpected layer type {layer.type!r}; a Real-ESRGAN graph "
                     f"(RRDBNet or SRVGGNetCompact) only has {', '.join(sorted(KNOWN_TYPES))}{hint}"
                 )
+            if layer.type != "Input" and (not layer.bottoms or not layer.tops):
+                raise ModelLoadError(f"{name}: {layer.label()}: expected at least one input and one output blob")
             for b in layer.bottoms:
                 if b not in self.producer and b not in self.alias:
                     raise ModelLoadError(f"{name}: {layer.label()} reads blob {b!r} before any layer produces it")

@@ -6,9 +6,21 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 FP16_TAG = 0x01306B47
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Run torch single-threaded for the test (autouse where imported). On a busy 2-core
+    machine torch's spinning OpenMP threads make a 2-thread RRDBNet run 5-10x slower than
+    one thread; the results do not depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def blob_names(param: Path) -> tuple[str, str]:
