@@ -72,6 +72,10 @@ class Frontend:
             """async (api) => {
                 window.app.loadApiJson(api, "workflow.json");
                 await new Promise(r => setTimeout(r, 300));
+                // arrange() lays out by current sizes; give image loaders room for their preview
+                for (const n of window.app.graph._nodes)
+                    if (n.type === "LoadImage") n.size = [315, 314];
+                window.app.graph.arrange();
                 return JSON.parse(JSON.stringify(window.app.graph.serialize()));
             }""", api)
 
