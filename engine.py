@@ -97,7 +97,7 @@ def upscale_images(
         tile_size = auto_tile_size(model, device, dtype, (height, width))
     multiple = max(1, int(model.size_requirements.multiple_of))
     tile_size = _round_tile(int(tile_size), multiple)
-    overlap = min(max(0, overlap), tile_size - 8)
+    overlap = min(max(0, overlap), tile_size // 2)
     stats.precision, stats.tile_size, stats.overlap, stats.device = _name(dtype), tile_size, overlap, str(device)
     run = _Run(model, device, dtype, scale, multiple, overlap, progress, check_cancel, stats, tile_cap=tile_size)
     run.total_tiles = batch * len(passes) * _count_tiles(height, width, tile_size, overlap, multiple)
@@ -297,7 +297,8 @@ def tile_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> list
     2x2 / 4x4 groups as an untiled run)."""
     if length <= tile:
         return [0]
-    count = math.ceil((length - overlap) / max(tile - overlap, 1))
+    overlap = min(overlap, tile // 2)  # OOM sub-tiles can be smaller than the planned overlap
+    count = math.ceil((length - overlap) / (tile - overlap))
     last = (length - tile) // multiple * multiple
     return sorted({round(i * last / (count - 1) / multiple) * multiple for i in range(count)})
 

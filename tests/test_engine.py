@@ -211,32 +211,33 @@ def _spy_descriptor(model, fail=None):
 
 
 def test_oom_retries_only_the_failed_tile_and_keeps_done_work(compact):
-    """A fake device allocator: any tile above 24x24 px "runs out of memory" once, for the
-    third tile only; the rest ran before and after at full size."""
+    """A fake device allocator: the third tile "runs out of memory" above 32x32 px; the two
+    before it are kept, it alone is re-run as smaller tiles, and later tiles start small."""
     state = {"n": 0}
 
     def fail(x):
         state["n"] += 1
-        if state["n"] == 3 and x.shape[-1] * x.shape[-2] > 24 * 24:
+        if state["n"] == 3 and x.shape[-1] * x.shape[-2] > 32 * 32:
             return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
         return None
 
-    image = torch.rand(1, 60, 60, 3)
+    image = torch.rand(1, 100, 100, 3)
     expected = _direct(compact, image)
     model, spy = _spy_descriptor(_descriptor(compact.model), fail)
     stats = UpscaleStats()
-    out = upscale_images(model, image, tile_size=32, overlap=16, stats=stats)
+    out = upscale_images(model, image, tile_size=64, overlap=16, stats=stats)
     assert stats.oom_retries == 1
     sizes = [shape[-2:] for shape, _ in spy.calls]
-    assert sizes[:2] == [(32, 32), (32, 32)]  # work before the failure was kept, not redone
-    assert all(max(s) <= 16 for s in sizes[3:])  # the failed tile and later ones run smaller
-    assert (out - expected).abs().max() < 1e-5
+    assert sizes[:3] == [(64, 64), (64, 64), (64, 64)]  # the third is the one that failed
+    assert all(max(s) <= 32 for s in sizes[3:]) and len(sizes) > 4
+    assert (out - expected).abs().max() < 1e-5  # sub-tiles keep enough overlap for exactness
 
 
-def test_oom_that_never_goes_away_is_a_clear_error(compact):
+@pytest.mark.parametrize("size,tile,overlap", [((40, 40), 32, None), ((24, 32), None, None), ((64, 64), 64, 48)])
+def test_oom_that_never_goes_away_is_a_clear_error(compact, size, tile, overlap):
     model, _ = _spy_descriptor(_descriptor(compact.model), lambda x: torch.OutOfMemoryError("out of memory"))
     with pytest.raises(RealESRGANTiledError, match="out of memory"):
-        upscale_images(model, torch.rand(1, 40, 40, 3), tile_size=32)
+        upscale_images(model, torch.rand(1, *size, 3), tile_size=tile, overlap=overlap)
 
 
 def test_non_oom_errors_propagate(compact):
