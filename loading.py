@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -115,7 +116,11 @@ def _read_safetensors(path: Path) -> dict:
 
 def _read_pickle(path: Path) -> object:
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        # torch warns about odd pickle protocols and legacy storages on its way to failing (or
+        # succeeding); the user gets our one clear error instead of that noise
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         unsafe = _unsafe_global(e)
         if unsafe is None:  # torch's restricted unpickler also rejects plain garbage
