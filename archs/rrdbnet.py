@@ -81,7 +81,8 @@ class RRDBNet(nn.Module):
             x = _pad_to_multiple(x, self.unshuffle)
             x = F.pixel_unshuffle(x, self.unshuffle)
         feat = self.conv_first(x)
-        feat = feat + self.conv_body(self.body(feat))
+        body = self.body(feat) if torch.is_grad_enabled() else _body_without_concat(self.body, feat)
+        feat = feat + self.conv_body(body)
         for i in range(1, self.num_upsample + 1):
             conv_up = getattr(self, f"conv_up{i}")
             feat = self.lrelu(conv_up(F.interpolate(feat, scale_factor=2, mode="nearest")))
@@ -90,6 +91,40 @@ class RRDBNet(nn.Module):
             s = 2**self.num_upsample // self.unshuffle
             out = out[..., : h * s, : w * s]
         return out
+
+
+def _body_without_concat(body: nn.Sequential, feat: torch.Tensor) -> torch.Tensor:
+    """The RRDB trunk for inference, same arithmetic as ``body(feat)`` without ``torch.cat``.
+
+    Each dense block works in one buffer [x | x1 | x2 | x3 | x4]: every conv reads a leading
+    slice (contiguous for a batch of one) and its activation is written straight into the
+    next slice, and block results go straight into the next buffer. On CPU the concatenations
+    were a quarter of x4plus's run time (measured with torch.profiler; see README).
+    """
+    if not body:
+        return feat
+    first = body[0].rdb1
+    nf, grow = first.conv1.in_channels, first.conv1.out_channels
+    shape = (feat.shape[0], nf + 4 * grow, *feat.shape[2:])
+    a, b, c = (torch.empty(shape, dtype=feat.dtype, device=feat.device) for _ in range(3))
+    a[:, :nf] = feat
+    for rrdb in body:
+        _dense_block_into(rrdb.rdb1, a, b[:, :nf])
+        _dense_block_into(rrdb.rdb2, b, c[:, :nf])
+        _dense_block_into(rrdb.rdb3, c, b[:, :nf])
+        a[:, :nf].add_(b[:, :nf], alpha=0.2)  # RRDB residual, in place: a holds the block input
+    return a[:, :nf]
+
+
+def _dense_block_into(rdb: ResidualDenseBlock, buf: torch.Tensor, dest: torch.Tensor) -> None:
+    """``buf[:, :nf]`` holds the block input; writes ``x + 0.2 * conv5(...)`` into ``dest``."""
+    nf, grow = rdb.conv1.in_channels, rdb.conv1.out_channels
+    for k, conv in enumerate((rdb.conv1, rdb.conv2, rdb.conv3, rdb.conv4)):
+        width = nf + k * grow
+        y = conv(buf[:, :width])
+        # under autocast the conv runs in half precision; the buffer keeps the trunk's dtype
+        torch.ops.aten.leaky_relu.out(y.to(buf.dtype), 0.2, out=buf[:, width : width + grow])
+    torch.add(buf[:, :nf], rdb.conv5(buf).to(buf.dtype), alpha=0.2, out=dest)
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
