@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="describe a model file")
-    info.add_argument("model", help="model file (.pth, .safetensors, .ckpt, .pt, .bin, ncnn .param)")
+    info.add_argument("model", help="model file (.pth, .safetensors, .ckpt, .pt, .bin, ncnn .param) or a bundled model name")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.add_argument("--act", choices=("prelu", "relu", "leakyrelu"), help="SRVGGNetCompact activation when the weights cannot tell")
     info.set_defaults(func=_cmd_info)
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_info(args) -> int:
     from .loading import load_model, model_info
 
-    info = model_info(load_model(args.model, act_type=args.act))
+    info = model_info(load_model(_resolve_model(args.model), act_type=args.act))
     if args.json:
         print(json.dumps(info))
     else:

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MIN_TILE = 16  # below this an OOM is reported instead of splitting further
-CPU_TILE = 512  # fastest safe CPU tile measured by bench/bench_tiles.py (see README)
+CPU_WORKING_SET = 2 << 30  # CPU tile budget: enough for a 768x512 x4plus tile in one piece
 
 
 @dataclass
@@ -163,31 +163,46 @@ def auto_overlap(model) -> int:
 
 
 def auto_tile_size(model, device: torch.device, dtype: torch.dtype, image_hw: tuple[int, int]) -> int:
-    """The largest tile that fits in free memory, given the model's cost per input pixel;
-    on CPU never above CPU_TILE (bigger tiles stop paying, measured), on CUDA never above the image."""
+    """The largest tile whose working set fits the budget (CUDA: 60 % of free VRAM; CPU: 40 % of
+    available RAM, at most CPU_WORKING_SET). When the whole image fits, it is one tile: on CPU
+    bigger tiles never ran slower per pixel (bench/bench.py --tiles), and one tile computes no
+    overlap twice."""
     per_pixel = activation_bytes_per_pixel(model, torch.tensor([], dtype=dtype).element_size())
     free = _free_memory(device)
-    budget = free * (0.6 if device.type == "cuda" else 0.4)  # head-room for the allocator and the host
+    budget = free * 0.6 if device.type == "cuda" else min(free * 0.4, CPU_WORKING_SET)
+    budget -= _fixed_working_set(model)
+    height, width = image_hw
+    if height * width * per_pixel <= budget:
+        return _round_up(max(height, width), 8)
     side = int(math.sqrt(max(budget, 0) / per_pixel))
-    longest = max(image_hw)
-    cap = CPU_TILE if device.type == "cpu" else 2048
-    return max(MIN_TILE, min(side, cap, _round_up(longest, 8)))
+    return max(MIN_TILE, min(side, 4096))
 
 
 def activation_bytes_per_pixel(model, element_size: int) -> float:
-    """Peak activation memory per input pixel. RRDBNet: three full-width tensors at the last
-    upsampled resolution dominate; SRVGG: a few num_feat maps at input resolution plus the
-    output; other architectures: a conservative generic figure."""
+    """Peak device memory per input pixel of a tile.
+
+    RRDBNet (ours): the trunk's dense buffer (nf + 4 grow), about five nf-channel maps, and
+    the network output; the upsampling tail runs in strips of fixed size (``_fixed_working_set``).
+    SRVGG: a few num_feat maps at input resolution plus the output. Others (spandrel): a
+    conservative figure for ~96-channel transformer SR networks at output resolution.
+    """
     hp = getattr(model.model, "hyperparameters", {}) or {}
     scale = max(1, int(model.scale))
     if "num_block" in hp:
-        up = 4 ** hp["num_upsample"] / hp["unshuffle"] ** 2
-        values = max(3 * hp["num_feat"] * up, 2 * (hp["num_feat"] + 4 * hp["num_grow_ch"]))
+        values = (hp["num_feat"] + 4 * hp["num_grow_ch"] + 5 * hp["num_feat"]) / hp["unshuffle"] ** 2
+        values += hp["num_out_ch"] * scale * scale
     elif "num_conv" in hp:
         values = 3 * hp["num_feat"] + 3 * hp["num_out_ch"] * hp["upscale"] ** 2
     else:
-        values = 4 * 96 * scale * scale  # transformer SR nets: ~96 channels, a few copies
+        values = 4 * 96 * scale * scale
     return values * element_size + 4 * 4 * scale * scale  # + the fp32 tile output on its way home
+
+
+def _fixed_working_set(model) -> int:
+    from .archs.rrdbnet import TAIL_STRIP_BYTES
+
+    hp = getattr(model.model, "hyperparameters", {}) or {}
+    return TAIL_STRIP_BYTES if "num_block" in hp else 0
 
 
 def _free_memory(device: torch.device) -> int:

@@ -98,7 +98,7 @@ def read_ncnn(path: Path) -> tuple[ModelSpec, tuple[float, str] | None]:
     state = _state_dict(match, layers, weights, param_path.name)
     try:
         spec = sniff(state, match.act_type)
-    except (ValueError, KeyError, IndexError) as e:
+    except (ModelLoadError, ValueError, KeyError, IndexError) as e:
         raise ModelLoadError(f"{param_path.name}: the weights do not form a valid {match.architecture}: {e}") from None
     if spec is None or spec.architecture != match.architecture:
         raise ModelLoadError(f"{param_path.name}: the graph is an {match.architecture} but its weights are not")

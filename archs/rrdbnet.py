@@ -83,48 +83,80 @@ class RRDBNet(nn.Module):
         feat = self.conv_first(x)
         body = self.body(feat) if torch.is_grad_enabled() else _body_without_concat(self.body, feat)
         feat = feat + self.conv_body(body)
-        for i in range(1, self.num_upsample + 1):
-            conv_up = getattr(self, f"conv_up{i}")
-            feat = self.lrelu(conv_up(F.interpolate(feat, scale_factor=2, mode="nearest")))
-        out = self.conv_last(self.lrelu(self.conv_hr(feat)))
+        out = self._tail(feat) if torch.is_grad_enabled() else self._tail_in_strips(feat)
         if self.unshuffle > 1:  # crop away what the padding added
             s = 2**self.num_upsample // self.unshuffle
             out = out[..., : h * s, : w * s]
         return out
 
 
+    def _tail(self, feat: torch.Tensor) -> torch.Tensor:
+        """Upsampling stages, HR conv and last conv."""
+        for i in range(1, self.num_upsample + 1):
+            conv_up = getattr(self, f"conv_up{i}")
+            feat = self.lrelu(conv_up(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        return self.conv_last(self.lrelu(self.conv_hr(feat)))
+
+    def _tail_in_strips(self, feat: torch.Tensor) -> torch.Tensor:
+        """``_tail`` over horizontal strips of the trunk features, for inference.
+
+        The tail's feature maps are 4**num_upsample times the trunk's and dominated peak memory
+        (x4plus: 3 x 64 channels at 16x the pixels). Its convolutions only see 1 px around, so
+        a strip plus 2 trunk rows of halo on each side gives exactly the whole-map result.
+        """
+        b, nf, h, w = feat.shape
+        up = 2**self.num_upsample
+        row_bytes = 3 * nf * w * up * up * feat.element_size() * b
+        rows = max(1, TAIL_STRIP_BYTES // max(row_bytes, 1))
+        if rows >= h:
+            return self._tail(feat)
+        out = None
+        for top in range(0, h, rows):
+            bottom = min(h, top + rows)
+            lo, hi = max(0, top - TAIL_HALO), min(h, bottom + TAIL_HALO)
+            part = self._tail(feat[:, :, lo:hi])
+            if out is None:
+                out = torch.empty((b, part.shape[1], h * up, w * up), dtype=part.dtype, device=part.device)
+            out[:, :, top * up : bottom * up] = part[:, :, (top - lo) * up : (bottom - lo) * up]
+        return out
+
+
+TAIL_STRIP_BYTES = 256 << 20  # working set of one tail strip; large enough to keep convs efficient
+TAIL_HALO = 2  # trunk rows each side: covers the tail's 3x3 convs at every resolution
+
+
 def _body_without_concat(body: nn.Sequential, feat: torch.Tensor) -> torch.Tensor:
     """The RRDB trunk for inference, same arithmetic as ``body(feat)`` without ``torch.cat``.
 
-    Each dense block works in one buffer [x | x1 | x2 | x3 | x4]: every conv reads a leading
-    slice (contiguous for a batch of one) and its activation is written straight into the
-    next slice, and block results go straight into the next buffer. On CPU the concatenations
-    were a quarter of x4plus's run time (measured with torch.profiler; see README).
+    All dense blocks share one buffer [x | x1 | x2 | x3 | x4]: every conv reads a leading slice
+    (contiguous for a batch of one), its activation is written straight into the next slice,
+    and the block result overwrites x in place for the next block. On CPU the concatenations
+    were a quarter of x4plus's run time (torch.profiler), and one buffer instead of the
+    growing copies also lowers peak memory.
     """
     if not body:
         return feat
     first = body[0].rdb1
     nf, grow = first.conv1.in_channels, first.conv1.out_channels
-    shape = (feat.shape[0], nf + 4 * grow, *feat.shape[2:])
-    a, b, c = (torch.empty(shape, dtype=feat.dtype, device=feat.device) for _ in range(3))
-    a[:, :nf] = feat
+    buf = torch.empty((feat.shape[0], nf + 4 * grow, *feat.shape[2:]), dtype=feat.dtype, device=feat.device)
+    x = buf[:, :nf]
+    x.copy_(feat)
     for rrdb in body:
-        _dense_block_into(rrdb.rdb1, a, b[:, :nf])
-        _dense_block_into(rrdb.rdb2, b, c[:, :nf])
-        _dense_block_into(rrdb.rdb3, c, b[:, :nf])
-        a[:, :nf].add_(b[:, :nf], alpha=0.2)  # RRDB residual, in place: a holds the block input
-    return a[:, :nf]
+        block_input = x.clone()
+        for rdb in (rrdb.rdb1, rrdb.rdb2, rrdb.rdb3):
+            _dense_block_in_place(rdb, buf)
+        torch.add(block_input, x, alpha=0.2, out=x)  # RRDB residual: input + 0.2 * rdb3(...)
+    return x
 
 
-def _dense_block_into(rdb: ResidualDenseBlock, buf: torch.Tensor, dest: torch.Tensor) -> None:
-    """``buf[:, :nf]`` holds the block input; writes ``x + 0.2 * conv5(...)`` into ``dest``."""
+def _dense_block_in_place(rdb: ResidualDenseBlock, buf: torch.Tensor) -> None:
+    """``buf[:, :nf]`` holds the block input x; leaves ``x + 0.2 * conv5(...)`` there."""
     nf, grow = rdb.conv1.in_channels, rdb.conv1.out_channels
     for k, conv in enumerate((rdb.conv1, rdb.conv2, rdb.conv3, rdb.conv4)):
         width = nf + k * grow
-        y = conv(buf[:, :width])
         # under autocast the conv runs in half precision; the buffer keeps the trunk's dtype
-        torch.ops.aten.leaky_relu.out(y.to(buf.dtype), 0.2, out=buf[:, width : width + grow])
-    torch.add(buf[:, :nf], rdb.conv5(buf).to(buf.dtype), alpha=0.2, out=dest)
+        torch.ops.aten.leaky_relu.out(conv(buf[:, :width]).to(buf.dtype), 0.2, out=buf[:, width : width + grow])
+    buf[:, :nf].add_(rdb.conv5(buf).to(buf.dtype), alpha=0.2)  # conv5 has read x already
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:

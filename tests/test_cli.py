@@ -45,6 +45,11 @@ def test_info_json_on_real_ncnn_weights(x4plus_path, tmp_path):
     assert info["in_channels"] == info["out_channels"] == 3
 
 
+def test_info_accepts_bundled_model_names():
+    info = json.loads(cli("info", "realesr-animevideov3-x2", "--json").stdout)
+    assert (info["architecture"], info["scale"], info["num_conv"], info["act_type"]) == ("SRVGGNetCompact", 2, 16, "prelu")
+
+
 def test_info_json_on_pth(small_model):
     info = json.loads(cli("info", small_model, "--json").stdout)
     assert info["architecture"] == "SRVGGNetCompact"

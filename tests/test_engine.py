@@ -351,3 +351,18 @@ def test_batch_streams_one_tile_at_a_time(compact):
     assert out.shape == (64, 160, 160, 3)
     assert all(shape[0] == 1 and max(shape[-2:]) <= 32 for shape, _ in spy.calls)
     assert (out[17] - _direct(compact, frames[17:18])[0]).abs().max() < 1e-5
+
+
+def test_auto_tile_is_whole_image_when_it_fits_else_bounded_by_free_memory(monkeypatch, compact):
+    import realesrgan_tiled.engine as engine
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(engine, "_free_memory", lambda device: 8 << 30)
+    assert engine.auto_tile_size(compact, cpu, torch.float32, (512, 768)) == 768  # one tile, no overlap
+    monkeypatch.setattr(engine, "_free_memory", lambda device: 64 << 20)
+    tile = engine.auto_tile_size(compact, cpu, torch.float32, (4096, 4096))
+    per_pixel = engine.activation_bytes_per_pixel(compact, 4)
+    assert engine.MIN_TILE <= tile < 4096 and tile * tile * per_pixel <= 0.4 * (64 << 20)
+    stats = UpscaleStats()
+    upscale_images(compact, torch.rand(1, 300, 200, 3), stats=stats)
+    assert stats.tiles > 1 and stats.tile_size == tile  # auto tiling under a tight budget

@@ -33,3 +33,20 @@ def test_inference_trunk_under_autocast_stays_close_to_fp32(dtype):
             half = net(x)
     assert half.dtype == dtype
     assert (half.float() - ref).abs().max() < 3e-2
+
+
+@pytest.mark.parametrize("num_upsample,unshuffle", [(2, 1), (3, 1), (0, 1), (2, 2), (1, 1)])
+def test_tail_in_strips_equals_whole_map(monkeypatch, num_upsample, unshuffle):
+    """Force tiny strips (a few trunk rows) so strip edges and halos are everywhere."""
+    import realesrgan_tiled.archs.rrdbnet as rrdbnet
+
+    torch.manual_seed(2)
+    net = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4, num_upsample=num_upsample, unshuffle=unshuffle).eval()
+    x = torch.rand(1, 3, 23, 17)
+    with torch.inference_mode():
+        whole = net(x)
+        row_bytes = 3 * 8 * (17 // unshuffle + 1) * 4**num_upsample * 4
+        monkeypatch.setattr(rrdbnet, "TAIL_STRIP_BYTES", 3 * row_bytes)
+        strips = net(x)
+    assert strips.shape == whole.shape
+    assert (strips - whole).abs().max() < 1e-6
