@@ -76,7 +76,9 @@ def _core_scaler():
 def real_photo(height, width, frames=1):
     import skimage.data
 
-    arr = skimage.data.hubble_deep_field() if height > 512 or width > 768 else skimage.data.rocket()
+    arr = skimage.data.rocket() if height <= 427 and width <= 640 else skimage.data.hubble_deep_field()
+    if arr.shape[0] < height or arr.shape[1] < width:
+        raise SystemExit(f"no bundled photo is {width}x{height} or larger")
     arr = arr[:height, :width, :3]
     t = torch.from_numpy(np.ascontiguousarray(arr)).float().div(255).unsqueeze(0)
     return t.repeat(frames, 1, 1, 1)
@@ -177,21 +179,28 @@ def main():
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; fp32 GEMM peak {peak:.1f} GFLOP/s")
     rows = []
-    for model_name in ("RealESRGAN_x4plus", "realesr-animevideov3-x4"):
-        pair = {who: _subprocess_row(model_name, who, h, w, 1) for who in ("core", "ours")}
-        rows.append(pair)
-    frames = _subprocess_row("RealESRGAN_x4plus", "ours", 128 if args.quick else 512, 128 if args.quick else 512, 16)
+    for model_name, repeats in (("RealESRGAN_x4plus", 1 if args.quick else 2), ("realesr-animevideov3-x4", 3)):
+        # alternate the two sides and keep each one's best run: this machine is shared and noisy
+        runs = {"core": [], "ours": []}
+        for _ in range(repeats):
+            for who in ("core", "ours"):
+                runs[who].append(_subprocess_row(model_name, who, h, w, 1))
+        rows.append({who: min(r, key=lambda row: row["seconds"]) for who, r in runs.items()})
+    # 16 x 512^2 with x4plus is ~150 TFLOP (25 min here); the memory question is the same with
+    # the x4 animevideov3 network, so that row uses it
+    batch_model = "realesr-animevideov3-x4"
+    frames = _subprocess_row(batch_model, "ours", 128 if args.quick else 512, 128 if args.quick else 512, 16)
 
-    print(f"\n| model | {h}x{w} photo | core's path s | ours s | speed-up | ours Mpx/s | ours GFLOP/s | % of GEMM peak | core RSS | ours RSS | ours tiles |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\n| model ({w}x{h} photo) | core's path s ({rows[0]['core']['detail']}) | ours s | speed-up | ours Mpx/s | ours GFLOP/s | % of GEMM peak | core RSS | ours RSS | ours tiles |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for pair in rows:
         c, o = pair["core"], pair["ours"]
-        print(f"| {o['model']} | | {c['seconds']:.1f} | {o['seconds']:.1f} | {c['seconds'] / o['seconds']:.2f}x | "
+        print(f"| {o['model']} | {c['seconds']:.1f} | {o['seconds']:.1f} | {c['seconds'] / o['seconds']:.2f}x | "
               f"{o['px_per_s'] / 1e6:.4f} | {o['gflops']:.1f} | {100 * o['gflops'] / peak:.0f}% | "
               f"{c['peak_rss'] / 2**30:.2f} GiB | {o['peak_rss'] / 2**30:.2f} GiB | {o['detail']} |")
-    model_bytes = sum(p.numel() * 4 for p in load("RealESRGAN_x4plus").model.parameters())
+    model_bytes = sum(p.numel() * 4 for p in load(batch_model).model.parameters())
     budget = frames["output_bytes"] + model_bytes + 0.5 * 2**30
-    print(f"\n16-frame batch {frames['size']} x4 (x4plus, ours): {frames['seconds']:.1f} s, peak RSS "
+    print(f"\n16-frame batch {frames['size']} x4 ({batch_model}, ours): {frames['seconds']:.1f} s, peak RSS "
           f"{frames['peak_rss'] / 2**30:.2f} GiB vs budget output+model+0.5 GiB = {budget / 2**30:.2f} GiB "
           f"({'within' if frames['peak_rss'] <= budget else 'OVER'})")
 
