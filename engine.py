@@ -102,6 +102,7 @@ def upscale_images(
     run = _Run(model, device, dtype, scale, multiple, overlap, progress, check_cancel, stats, tile_cap=tile_size)
     run.total_tiles = batch * len(passes) * _count_tiles(height, width, tile_size, overlap, multiple)
 
+    _check_output_fits(batch, target, channels, out_dtype, torch.device(out_device))
     out = torch.empty((batch, *target, channels), dtype=out_dtype, device=out_device)
     model_size = (height * scale, width * scale)
     try:
@@ -236,6 +237,18 @@ def _target_size(h: int, w: int, scale: int, size, factor) -> tuple[int, int]:
             raise InputImageError(f"output scale {factor} is invalid: it must be a positive number")
         return max(1, round(h * factor)), max(1, round(w * factor))
     return h * scale, w * scale
+
+
+def _check_output_fits(batch: int, size: tuple[int, int], channels: int, dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse up front a result that cannot fit in memory: Linux would hand out the pages
+    lazily and the OOM killer would end the whole host process (ComfyUI) half-way instead."""
+    needed = batch * size[0] * size[1] * channels * torch.tensor([], dtype=dtype).element_size()
+    free = _free_memory(device)
+    if needed > free:
+        raise InputImageError(
+            f"the result ({batch} x {size[1]}x{size[0]} px, {channels} channels) needs {needed / 2**30:.1f} GiB "
+            f"but only {free / 2**30:.1f} GiB of memory is free; upscale fewer frames at once or to a smaller size"
+        )
 
 
 def _check_images(images) -> None:

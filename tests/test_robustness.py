@@ -131,3 +131,16 @@ def test_ctrl_c_while_loading_exits_cleanly(tmp_path, x4plus_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err and err.strip() == "interrupted"
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_result_larger_than_free_memory_is_refused_before_any_work(monkeypatch, compact_file):
+    """The issue's 16384x16384 x4 case: 65536^2 x 3 fp32 = 48 GiB of result. On a host with
+    less free memory it must be one clear error up front, not an OOM kill half-way."""
+    import realesrgan_tiled.engine as engine
+
+    monkeypatch.setattr(engine, "_free_memory", lambda device: 24 << 30)
+    model, spy = _spy_descriptor(load_model(compact_file))
+    huge = torch.zeros(1, 1, 1, 3).expand(1, 16384, 16384, 3)  # no memory behind it
+    with pytest.raises(engine.InputImageError, match=r"needs 48\.0 GiB but only 24\.0 GiB"):
+        upscale_images(model, huge)
+    assert spy.calls == []
