@@ -105,13 +105,14 @@ def upscale_images(
     _check_output_fits(batch, target, channels, out_dtype, torch.device(out_device))
     out = torch.empty((batch, *target, channels), dtype=out_dtype, device=out_device)
     model_size = (height * scale, width * scale)
+    # tiles accumulate straight into the result unless a resize or a dtype change follows
+    direct = target == model_size and out_dtype == torch.float32 and out.device.type == "cpu"
     try:
         model.to(device)
         model.eval()
         with torch.inference_mode():
             for b in range(batch):
-                direct = target == model_size and out_dtype == torch.float32 and out.device.type == "cpu"
-                dest = out[b] if direct else torch.zeros((*model_size, channels), dtype=torch.float32)
+                dest = out[b] if direct else torch.empty((*model_size, channels), dtype=torch.float32)
                 _upscale_image(run, images[b], passes, dest, tile_size)
                 if not direct:
                     out[b] = resize_images(dest.unsqueeze(0), target, resample)[0].to(out_dtype)
@@ -373,6 +374,8 @@ def _upscale_image(run: _Run, image_hwc: torch.Tensor, passes: list[ChannelPass]
         if p.dest == (3,) and _is_constant(source):  # opaque (or uniform) alpha: no model pass
             dest[..., 3] = source[0, 0, 0].clamp(0, 1)
             run.done_tiles += _count_tiles(*source.shape[1:], tile, run.overlap, run.multiple)
+            if run.progress is not None:
+                run.progress(run.done_tiles, run.total_tiles)
             continue
 
         def emit(y0: int, x0: int, out: torch.Tensor, channels=p.dest) -> None:

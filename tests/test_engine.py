@@ -366,3 +366,11 @@ def test_auto_tile_is_whole_image_when_it_fits_else_bounded_by_free_memory(monke
     stats = UpscaleStats()
     upscale_images(compact, torch.rand(1, 300, 200, 3), stats=stats)
     assert stats.tiles > 1 and stats.tile_size == tile  # auto tiling under a tight budget
+
+
+def test_progress_reaches_total_when_an_opaque_alpha_skips_its_pass(compact):
+    image = torch.rand(1, 40, 40, 4)
+    image[..., 3] = 1.0
+    seen = []
+    upscale_images(compact, image, tile_size=24, overlap=8, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1][0] == seen[-1][1] == 8  # 4 RGB tiles + the 4 alpha tiles it did not need
