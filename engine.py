@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
+from .archs.rrdbnet import pad_bottom_right
 from .errors import InputImageError, RealESRGANTiledError
 from .resize import resize_images
 
@@ -484,10 +484,7 @@ def call_model(descriptor, x: torch.Tensor) -> torch.Tensor:
     its clamp, which would turn an fp16 overflow (inf) into plausible white pixels."""
     h, w = x.shape[-2:]
     pad_w, pad_h = descriptor.size_requirements.get_padding(w, h)
-    if pad_w or pad_h:
-        reflect_w, reflect_h = min(pad_w, w - 1), min(pad_h, h - 1)
-        x = F.pad(x, (0, reflect_w, 0, reflect_h), mode="reflect")
-        x = F.pad(x, (0, pad_w - reflect_w, 0, pad_h - reflect_h), mode="replicate")
+    x = pad_bottom_right(x, pad_h, pad_w)
     call = getattr(descriptor, "_call_fn", None) or (lambda model, image: model(image))
     y = call(descriptor.model, x)
     s = descriptor.scale

@@ -160,11 +160,15 @@ def _dense_block_in_place(rdb: ResidualDenseBlock, buf: torch.Tensor) -> None:
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad bottom/right so pixel-unshuffle fits: reflect as far as the image allows (reflect
-    needs pad < size), replicate the rest. This is exactly what spandrel's descriptor does
-    before calling a model, so calling the module directly or via the descriptor agrees."""
+    """Pad bottom/right so pixel-unshuffle fits, the way spandrel's descriptor pads (so calling
+    the module directly or through the descriptor agrees)."""
     h, w = x.shape[-2:]
-    pad_h, pad_w = -h % multiple, -w % multiple
+    return pad_bottom_right(x, -h % multiple, -w % multiple)
+
+
+def pad_bottom_right(x: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
+    """Reflect as far as the image allows (reflect needs pad < size), replicate the rest."""
+    h, w = x.shape[-2:]
     reflect_h, reflect_w = min(pad_h, h - 1), min(pad_w, w - 1)
     if reflect_h or reflect_w:
         x = F.pad(x, (0, reflect_w, 0, reflect_h), mode="reflect")

@@ -32,10 +32,6 @@ def small_model(tmp_path_factory):
     return path
 
 
-def _png8(arr):
-    return np.asarray(arr)
-
-
 def test_info_json_on_real_ncnn_weights(x4plus_path, tmp_path):
     done = cli("info", x4plus_path, "--json", cwd=tmp_path)  # from another directory
     assert done.returncode == 0, done.stderr

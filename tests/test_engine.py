@@ -2,7 +2,6 @@
 model called directly, and fp32 runs for the precision guard."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
