@@ -101,6 +101,8 @@ def upscale_images(
     stats.precision, stats.tile_size, stats.overlap, stats.device = _name(dtype), tile_size, overlap, str(device)
     run = _Run(model, device, dtype, scale, multiple, overlap, progress, check_cancel, stats, tile_cap=tile_size)
     run.total_tiles = batch * len(passes) * _count_tiles(height, width, tile_size, overlap, multiple)
+    if progress is not None:
+        progress(0, run.total_tiles)  # hosts show the bar before the first (possibly long) tile
 
     _check_output_fits(batch, target, channels, out_dtype, torch.device(out_device))
     out = torch.empty((batch, *target, channels), dtype=out_dtype, device=out_device)

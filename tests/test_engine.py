@@ -338,7 +338,7 @@ def test_progress_reports_every_tile(compact):
     seen = []
     upscale_images(compact, torch.rand(2, 40, 40, 3), tile_size=24, overlap=8, progress=lambda d, t: seen.append((d, t)))
     total = seen[0][1]
-    assert [d for d, _ in seen] == list(range(1, total + 1)) and total == 2 * 4
+    assert [d for d, _ in seen] == list(range(0, total + 1)) and total == 2 * 4
 
 
 def test_batch_streams_one_tile_at_a_time(compact):
