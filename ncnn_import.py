@@ -700,15 +700,11 @@ def _unshuffle_mode1_order(in_ch: int, s: int) -> list[int]:
 
 
 def _shuffle_mode1_order(out: int, r: int, name: str, layer: Layer) -> list[int]:
-    """PixelShuffle mode 1 reads offset k of channel c from ``k*C + c``; torch from ``c*r*r + k``."""
+    """PixelShuffle mode 1 reads offset k of channel c from ``k*C + c``: the same channel
+    permutation as Reorg mode 1, seen from the other side."""
     if out % (r * r):
         raise ModelLoadError(f"{name}: {layer.label()}: {out} outputs cannot be pixel-shuffled by {r}")
-    c_count = out // (r * r)
-    order = [0] * out
-    for c in range(c_count):
-        for k in range(r * r):
-            order[c * r * r + k] = k * c_count + c
-    return order
+    return _unshuffle_mode1_order(out, r)
 
 
 def _check_hyperparameters(spec: ModelSpec, m: _Match, name: str) -> None:
