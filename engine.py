@@ -15,6 +15,7 @@ How a batch flows:
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -334,6 +335,7 @@ def tile_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> list
     return sorted({round(i * last / (count - 1) / multiple) * multiple for i in range(count)})
 
 
+@functools.lru_cache(maxsize=32)  # every frame of a batch and every channel pass shares one layout
 def axis_spans(length: int, tile: int, overlap: int, scale: int, multiple: int = 1) -> list[Span]:
     """Tiles along one axis with weights that sum to exactly 1 at every output pixel.
 
@@ -375,9 +377,7 @@ def _upscale_image(run: _Run, image_hwc: torch.Tensor, passes: list[ChannelPass]
         source = _gather(image_chw, p.source)
         if p.dest == (3,) and _is_constant(source):  # opaque (or uniform) alpha: no model pass
             dest[..., 3] = source[0, 0, 0].clamp(0, 1)
-            run.done_tiles += _count_tiles(*source.shape[1:], tile, run.overlap, run.multiple)
-            if run.progress is not None:
-                run.progress(run.done_tiles, run.total_tiles)
+            _advance(run, _count_tiles(*source.shape[1:], tile, run.overlap, run.multiple))
             continue
 
         def emit(y0: int, x0: int, out: torch.Tensor, channels=p.dest) -> None:
@@ -416,9 +416,13 @@ def _tiled(run: _Run, source: torch.Tensor, tile: int, emit, report: bool) -> No
             out = _run_tile(run, source[:, row.start : row.end, col.start : col.end])
             emit(row.start * s, col.start * s, out * (row.weight[:, None] * col.weight[None, :]))
             if report:
-                run.done_tiles += 1
-                if run.progress is not None:
-                    run.progress(min(run.done_tiles, run.total_tiles), run.total_tiles)
+                _advance(run, 1)
+
+
+def _advance(run: _Run, tiles: int) -> None:
+    run.done_tiles += tiles
+    if run.progress is not None:
+        run.progress(min(run.done_tiles, run.total_tiles), run.total_tiles)
 
 
 def _run_tile(run: _Run, tile_in: torch.Tensor) -> torch.Tensor:
@@ -435,7 +439,7 @@ def _run_tile(run: _Run, tile_in: torch.Tensor) -> torch.Tensor:
                 run.check_cancel()
             out = _forward(run, tile_in, torch.float32)
     except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
-        if not _is_oom(e):
+        if not is_out_of_memory(e):
             raise
         return _retry_smaller(run, tile_in)
     run.stats.tiles += 1
@@ -493,10 +497,11 @@ def call_model(descriptor, x: torch.Tensor) -> torch.Tensor:
     return y[..., : h * s, : w * s]
 
 
-def _is_oom(e: BaseException) -> bool:
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's failure (a plain RuntimeError)."""
     if isinstance(e, torch.OutOfMemoryError):
         return True
-    text = str(e)
+    text = str(e).lower()
     return "out of memory" in text or "can't allocate memory" in text
 
 
