@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .archs import ACT_TYPES
+from .engine import PRECISIONS
 from .errors import RealESRGANTiledError
 
 EXIT_USER_ERROR = 2
@@ -37,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe a model file")
     info.add_argument("model", help="model file (.pth, .safetensors, .ckpt, .pt, .bin, ncnn .param) or a bundled model name")
     info.add_argument("--json", action="store_true", help="print one JSON object")
-    info.add_argument("--act", choices=("prelu", "relu", "leakyrelu"), help="SRVGGNetCompact activation when the weights cannot tell")
+    info.add_argument("--act", choices=ACT_TYPES, help="SRVGGNetCompact activation when the weights cannot tell")
     info.set_defaults(func=_cmd_info)
 
     up = sub.add_parser("upscale", help="upscale image files or folders of images")
@@ -50,9 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--height", type=int, help="exact output height (with --width)")
     up.add_argument("--tile", default="auto", help="tile size in px, or auto (default)")
     up.add_argument("--overlap", type=int, help="tile overlap in px (default: chosen per model)")
-    up.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    up.add_argument("--precision", default="auto", choices=PRECISIONS)
     up.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    up.add_argument("--act", choices=("prelu", "relu", "leakyrelu"), help="SRVGGNetCompact activation when the weights cannot tell")
+    up.add_argument("--act", choices=ACT_TYPES, help="SRVGGNetCompact activation when the weights cannot tell")
     up.add_argument("--quiet", action="store_true", help="no progress bar")
     up.set_defaults(func=_cmd_upscale)
     return parser

@@ -8,14 +8,13 @@ import logging
 import torch
 
 from . import _host
-from ..engine import UpscaleStats, upscale_images
+from ..engine import PRECISIONS, UpscaleStats, is_out_of_memory, upscale_images
 from ..errors import ModelLoadError
 from ..loading import load_model
 from ..resize import RESAMPLE_METHODS, resize_images
 
 log = logging.getLogger("realesrgan_tiled")
 
-PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
 MAX_SIDE = 16384
 
 
@@ -126,7 +125,7 @@ class UpscaleImageTiled:
                     "default": 0, "min": 0, "max": 512, "step": 1,
                     "tooltip": "Tile overlap in input pixels. 0 = auto (enough for the model's receptive field).",
                 }),
-                "precision": (PRECISIONS, {
+                "precision": (list(PRECISIONS), {
                     "default": "auto",
                     "tooltip": "auto = fp16 on CUDA where the model supports it (non-finite tiles are re-run in "
                                "fp32), fp32 on CPU.",
@@ -166,7 +165,7 @@ def hires_target_size(height: int, width: int, scale_by: float, target_width: in
 
 def _reason(e: BaseException) -> str:
     text = " ".join(str(e).split())
-    if isinstance(e, torch.OutOfMemoryError) or "out of memory" in text.lower():
+    if is_out_of_memory(e):
         return "CUDA out of memory" if "cuda" in text.lower() else "out of memory"
     if isinstance(e, ModelLoadError):
         return "model could not be loaded"
@@ -257,9 +256,7 @@ class HiresFixUpscale:
         if upscale_model is None:
             reason = "no upscale model connected"
         elif target[0] <= image.shape[1] and target[1] <= image.shape[2]:
-            out_device, out_dtype = _host.output_device_dtype()
-            out = resize_images(image.float(), target, resample).to(out_device, out_dtype)
-            return out, f"{resample}: {sizes} (not an upscale, so the model was not run)"
+            return _resample(image, target, resample), f"{resample}: {sizes} (not an upscale, so the model was not run)"
         else:
             stats = UpscaleStats()
             try:
@@ -277,9 +274,12 @@ class HiresFixUpscale:
                 reason = _reason(e)
                 log.warning("Hires-Fix Upscale (Real-ESRGAN): model path failed, falling back to %s: %s",
                             resample, e, exc_info=not isinstance(e, (ModelLoadError, torch.OutOfMemoryError)))
-                out_device, out_dtype = _host.output_device_dtype()
-                out = resize_images(image.float(), target, resample).to(out_device, out_dtype)
+                out = _resample(image, target, resample)
                 return out, f"{resample} fallback ({reason}): {sizes}; {type(e).__name__}: {_short(e)}"
-        out_device, out_dtype = _host.output_device_dtype()
-        out = resize_images(image.float(), target, resample).to(out_device, out_dtype)
-        return out, f"{resample} fallback ({reason}): {sizes}"
+        return _resample(image, target, resample), f"{resample} fallback ({reason}): {sizes}"
+
+
+def _resample(image: torch.Tensor, target: tuple[int, int], method: str) -> torch.Tensor:
+    """Plain resampling to the target, on the host's intermediate device/dtype."""
+    out_device, out_dtype = _host.output_device_dtype()
+    return resize_images(image.float(), target, method).to(out_device, out_dtype)
