@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MIN_TILE = 16  # below this an OOM is reported instead of splitting further
-CPU_WORKING_SET = 2 << 30  # CPU tile budget: enough for a 768x512 x4plus tile in one piece
+CPU_WORKING_SET = 2 << 30  # CPU tile budget: x4plus inputs up to ~1.4 Mpx run as one tile
 
 
 @dataclass
@@ -169,13 +169,14 @@ def auto_overlap(model) -> int:
 
 def auto_tile_size(model, device: torch.device, dtype: torch.dtype, image_hw: tuple[int, int]) -> int:
     """The largest tile whose working set fits the budget (CUDA: 60 % of free VRAM; CPU: 40 % of
-    available RAM, at most CPU_WORKING_SET). When the whole image fits, it is one tile: on CPU
-    bigger tiles never ran slower per pixel (bench/bench.py --tiles), and one tile computes no
-    overlap twice."""
-    per_pixel = activation_bytes_per_pixel(model, torch.tensor([], dtype=dtype).element_size())
+    available RAM, at most CPU_WORKING_SET). When the whole image fits, it is one tile: it
+    computes no overlap twice and has no seams, and on CPU our networks already walk large maps
+    in cache-sized windows themselves (archs/blocks.py), which is what smaller tiles used to buy."""
+    element_size = torch.tensor([], dtype=dtype).element_size()
+    per_pixel = activation_bytes_per_pixel(model, element_size, device)
     free = _free_memory(device)
     budget = free * 0.6 if device.type == "cuda" else min(free * 0.4, CPU_WORKING_SET)
-    budget -= _fixed_working_set(model)
+    budget -= _fixed_working_set(model, device, element_size)
     height, width = image_hw
     if height * width * per_pixel <= budget:
         return _round_up(max(height, width), 8)
@@ -183,31 +184,45 @@ def auto_tile_size(model, device: torch.device, dtype: torch.dtype, image_hw: tu
     return max(MIN_TILE, min(side, 4096))
 
 
-def activation_bytes_per_pixel(model, element_size: int) -> float:
-    """Peak device memory per input pixel of a tile.
+def activation_bytes_per_pixel(model, element_size: int, device: torch.device = torch.device("cpu")) -> float:
+    """Peak memory per input pixel of a tile, beyond the fixed per-window working set.
 
-    RRDBNet (ours): the trunk's dense buffer (nf + 4 grow), about five nf-channel maps, and
-    the network output; the upsampling tail runs in strips of fixed size (``_fixed_working_set``).
-    SRVGG: a few num_feat maps at input resolution plus the output. Others (spandrel): a
-    conservative figure for ~96-channel transformer SR networks at output resolution.
+    RRDBNet (ours): on CPU the trunk keeps four nf-channel maps (its input, the RRDB input and
+    two dense-block outputs; the dense buffer exists per window only); elsewhere the whole-map
+    dense buffer (nf + 4 grow) and about five nf maps. Plus the network output (the upsampling
+    tail runs in windows). SRVGG: on CPU it runs window by window, so only its output is
+    full-size; elsewhere a few num_feat maps too. Others (spandrel): a conservative figure for
+    ~96-channel transformer SR networks at output resolution.
     """
     hp = getattr(model.model, "hyperparameters", {}) or {}
     scale = max(1, int(model.scale))
+    cpu = device.type == "cpu"
     if "num_block" in hp:
-        values = (hp["num_feat"] + 4 * hp["num_grow_ch"] + 5 * hp["num_feat"]) / hp["unshuffle"] ** 2
+        nf = hp["num_feat"]
+        values = (4 * nf if cpu else 6 * nf + 4 * hp["num_grow_ch"]) / hp["unshuffle"] ** 2
         values += hp["num_out_ch"] * scale * scale
     elif "num_conv" in hp:
-        values = 3 * hp["num_feat"] + 3 * hp["num_out_ch"] * hp["upscale"] ** 2
+        values = (0 if cpu else 3 * hp["num_feat"]) + 3 * hp["num_out_ch"] * hp["upscale"] ** 2
     else:
         values = 4 * 96 * scale * scale
     return values * element_size + 4 * 4 * scale * scale  # + the fp32 tile output on its way home
 
 
-def _fixed_working_set(model) -> int:
-    from .archs.rrdbnet import TAIL_STRIP_BYTES
+def _fixed_working_set(model, device: torch.device, element_size: int) -> int:
+    """Memory that does not grow with the tile: the networks' per-window buffers."""
+    from .archs import rrdbnet, srvgg
 
     hp = getattr(model.model, "hyperparameters", {}) or {}
-    return TAIL_STRIP_BYTES if "num_block" in hp else 0
+    if "num_block" in hp:
+        if device.type != "cpu":
+            return rrdbnet.TAIL_STRIP_BYTES
+        trunk = (rrdbnet.BLOCK + 2 * rrdbnet.RDB_HALO) ** 2 * (2 * hp["num_feat"] + 5 * hp["num_grow_ch"])
+        tail = (rrdbnet.TAIL_BLOCK + 2 * rrdbnet.TAIL_HALO) ** 2 * 3 * hp["num_feat"] * 4 ** hp["num_upsample"]
+        return (trunk + tail) * element_size
+    if "num_conv" in hp and device.type == "cpu":
+        rows, cols = (side + 2 * (hp["num_conv"] + 2) for side in srvgg.BLOCK)
+        return 3 * hp["num_feat"] * rows * cols * element_size
+    return 0
 
 
 def _free_memory(device: torch.device) -> int:

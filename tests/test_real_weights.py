@@ -24,8 +24,26 @@ CASES = {
 }
 
 
+@pytest.fixture(params=["whole-map", "windows"])
+def cpu_path(request, monkeypatch):
+    """Run our networks on their whole-map path, or force the CPU window-by-window path (small
+    windows, so a real crop crosses many window edges)."""
+    from realesrgan_tiled.archs import rrdbnet, srvgg
+
+    if request.param == "windows":
+        for module, block in ((rrdbnet, 9), (srvgg, (16, 20))):
+            monkeypatch.setattr(module, "WHOLE_MAP_MAX_PIXELS", 0)
+            monkeypatch.setattr(module, "BLOCK", block)
+        monkeypatch.setattr(rrdbnet, "TAIL_BLOCK", 7)
+    else:
+        for module in (rrdbnet, srvgg):
+            monkeypatch.setattr(module, "WHOLE_MAP_MAX_PIXELS", 1 << 40)
+        monkeypatch.setattr(rrdbnet, "TAIL_BLOCK", 1 << 20)
+    return request.param
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_real_weights_match_spandrel(name):
+def test_real_weights_match_spandrel(name, cpu_path):
     h, w, image, spandrel_arch, ours_arch = CASES[name]
     spec, resize = read_ncnn(bundled_model_path(name))
     assert resize is None and spec.architecture == ours_arch

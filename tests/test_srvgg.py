@@ -124,3 +124,37 @@ def test_output_channels_that_cannot_take_the_residual(tmp_path):
     path = save(srvgg_state(num_feat=8, num_conv=1, upscale=4, in_ch=3, out_ch=1), tmp_path / "odd.pth")
     with pytest.raises(ModelLoadError, match=r"odd\.pth"):
         load_model(path)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("block", [(1, 1), (3, 5), (8, 8)])
+def test_window_path_matches_spandrel(monkeypatch, tmp_path, variant, block):
+    """The CPU window-by-window forward (forced on at any size; windows smaller than the halo,
+    1-channel inputs broadcast onto 3-channel outputs, a batch of two) against spandrel's network."""
+    import realesrgan_tiled.archs.srvgg as srvgg
+
+    monkeypatch.setattr(srvgg, "WHOLE_MAP_MAX_PIXELS", 0)
+    monkeypatch.setattr(srvgg, "BLOCK", block)
+    _, act_type, _ = VARIANTS[variant]
+    descriptor = load_model(save(state(variant), tmp_path / "m.safetensors"), act_type=act_type)
+    x = torch.cat([image(19, 13, c=descriptor.input_channels, seed=s) for s in (1, 2)])
+    with torch.no_grad():
+        ours = descriptor.model(x)
+    ref = spandrel_reference(variant, x)
+    assert ours.shape == ref.shape
+    assert (ours - ref).abs().max().item() <= TOL
+
+
+def test_large_cpu_inputs_take_the_window_path(monkeypatch, tmp_path):
+    import realesrgan_tiled.archs.srvgg as srvgg
+
+    descriptor = load_model(save(state("prelu-x2"), tmp_path / "m.safetensors"))
+    calls = []
+    real = srvgg.SRVGGNetCompact._forward_in_windows
+    monkeypatch.setattr(srvgg.SRVGGNetCompact, "_forward_in_windows", lambda self, x: calls.append(1) or real(self, x))
+    side = int(srvgg.WHOLE_MAP_MAX_PIXELS**0.5)
+    with torch.no_grad():
+        descriptor.model(torch.rand(1, 3, side, side))
+        assert not calls
+        descriptor.model(torch.rand(1, 3, side, side + 1))
+        assert calls
