@@ -14,12 +14,19 @@ locality at the price of overlap and seams; here the network itself walks the ma
 
 The result equals the whole-map computation up to the summation order inside oneDNN (tests:
 ≤ 1e-5 against the whole-map path and against spandrel).
+
+``for_each_window`` runs independent windows on worker threads, one window per thread with one
+intra-op thread each, instead of splitting every small conv across all threads: no barrier per
+conv, and each core keeps its own window warm (x4plus dense blocks: 5-10 % faster, measured on
+the 2-core CI machine).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import threading
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -65,3 +72,61 @@ def even_spans(length: int, target: int) -> list[slice]:
 
 def _clip(span: slice, halo: int, length: int) -> slice:
     return slice(max(0, span.start - halo), min(length, span.stop + halo))
+
+
+def for_each_window(work: Callable[[Window], None], wins: Iterable[Window]) -> None:
+    """``work(win)`` for every window, spread over torch's intra-op thread count when that is
+    above one. ``work`` must only write its own window's output. The workers inherit the
+    caller's inference mode and CPU autocast state (both are thread-local in torch)."""
+    wins = list(wins)
+    pool = _window_pool()
+    if pool is None or len(wins) < 2:
+        for win in wins:
+            work(win)
+        return
+    run = _in_callers_modes(work)
+    futures = [pool.submit(run, win) for win in wins]
+    concurrent.futures.wait(futures)  # all done before any error surfaces: none still writing
+    for future in futures:
+        future.result()
+
+
+def _in_callers_modes(work: Callable[[Window], None]) -> Callable[[Window], None]:
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+    autocast, dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+
+    def run(win: Window) -> None:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            with torch.autocast("cpu", dtype=dtype, enabled=autocast):
+                work(win)
+
+    return run
+
+
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_threads = 0
+_pool_lock = threading.Lock()
+
+
+def _window_pool() -> concurrent.futures.ThreadPoolExecutor | None:
+    """A pool of ``torch.get_num_threads()`` workers, each set to one intra-op thread. That
+    setting is per thread only with OpenMP (torch's usual backend); with another backend it
+    would change the host's thread count, so windows then run in the caller's thread."""
+    global _pool, _pool_threads
+    threads = torch.get_num_threads()
+    if threads < 2 or not _OPENMP:  # (inside a worker the count is 1)
+        return None
+    with _pool_lock:
+        if _pool_threads != threads:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = concurrent.futures.ThreadPoolExecutor(threads, "realesrgan-window", initializer=_single_threaded)
+            _pool_threads = threads
+        return _pool
+
+
+def _single_threaded() -> None:
+    torch.set_num_threads(1)  # OpenMP: this thread's own setting
+
+
+_OPENMP = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()

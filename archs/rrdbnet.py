@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import windows
+from .blocks import for_each_window, windows
 
 
 class ResidualDenseBlock(nn.Module):
@@ -121,17 +121,26 @@ class RRDBNet(nn.Module):
             rows, cols = max(1, TAIL_STRIP_BYTES // max(row_bytes, 1)), w
         if rows >= h and cols >= w:
             return self._tail(feat)
-        out = None
-        for win in windows(h, w, (rows, cols), TAIL_HALO):
+        out = []  # allocated by the first window, which knows the output's dtype
+
+        def one_window(win) -> None:
             part = self._tail(feat[:, :, win.source[0], win.source[1]])
-            if out is None:
-                out = torch.empty((n, part.shape[1], h * up, w * up), dtype=part.dtype, device=part.device)
+            if not out:
+                out.append(torch.empty((n, part.shape[1], h * up, w * up), dtype=part.dtype, device=part.device))
             (rows_in, cols_in), (src_rows, src_cols) = win.core, win.source
             top, left = (rows_in.start - src_rows.start) * up, (cols_in.start - src_cols.start) * up
-            out[:, :, rows_in.start * up : rows_in.stop * up, cols_in.start * up : cols_in.stop * up] = part[
+            out[0][:, :, rows_in.start * up : rows_in.stop * up, cols_in.start * up : cols_in.stop * up] = part[
                 :, :, top : top + (rows_in.stop - rows_in.start) * up, left : left + (cols_in.stop - cols_in.start) * up
             ]
-        return out
+
+        first, *rest = windows(h, w, (rows, cols), TAIL_HALO)
+        one_window(first)
+        if feat.device.type == "cpu":
+            for_each_window(one_window, rest)
+        else:  # full-width strips: big convs that use the whole device
+            for win in rest:
+                one_window(win)
+        return out[0]
 
 
 TAIL_STRIP_BYTES = 256 << 20  # working set of one tail strip off CPU; large enough to keep convs efficient
@@ -167,7 +176,8 @@ def _body_in_blocks(body: nn.Sequential, feat: torch.Tensor) -> torch.Tensor:
 def _dense_block_in_windows(rdb: ResidualDenseBlock, x: torch.Tensor, out: torch.Tensor) -> None:
     """out = rdb(x), one window at a time; ``x`` is left unchanged (neighbours read its halo)."""
     nf, grow = rdb.conv1.in_channels, rdb.conv1.out_channels
-    for win in windows(x.shape[-2], x.shape[-1], (BLOCK, BLOCK), RDB_HALO):
+
+    def one_window(win) -> None:
         buf = torch.empty((x.shape[0], nf + 4 * grow, *win.size), dtype=x.dtype, device=x.device)
         win.load(buf[:, :nf], x)
         height, width = win.size
@@ -180,6 +190,8 @@ def _dense_block_in_windows(rdb: ResidualDenseBlock, x: torch.Tensor, out: torch
         y = F.conv2d(buf[:, :, 4 : height - 4, 4 : width - 4], rdb.conv5.weight, rdb.conv5.bias)
         rows, cols = win.core
         torch.add(x[:, :, rows, cols], y.to(buf.dtype), alpha=0.2, out=out[:, :, rows, cols])
+
+    for_each_window(one_window, windows(x.shape[-2], x.shape[-1], (BLOCK, BLOCK), RDB_HALO))
 
 
 def _body_without_concat(body: nn.Sequential, feat: torch.Tensor) -> torch.Tensor:

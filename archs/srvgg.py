@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import windows
+from .blocks import for_each_window, windows
 
 ACT_TYPES = ("prelu", "relu", "leakyrelu")
 
@@ -70,8 +70,9 @@ class SRVGGNetCompact(nn.Module):
         halo is one px per conv; each conv shrinks the window by one px per side."""
         n, _, h, w = x.shape
         up = self.upscale
-        out = None
-        for win in windows(h, w, BLOCK, self.receptive_radius):
+        out = []  # allocated by the first window, which knows the output's dtype and channels
+
+        def one_window(win) -> None:
             t = x.new_empty((n, x.shape[1], *win.size))
             win.load(t, x)
             t = t.contiguous(memory_format=torch.channels_last)
@@ -84,10 +85,14 @@ class SRVGGNetCompact(nn.Module):
                     win.zero_outside_map(t, shrink)  # what zero padding feeds the next conv
             rows, cols = win.core
             part = self._add_base(t, x[:, :, rows, cols])
-            if out is None:
-                out = part.new_empty((n, part.shape[1], h * up, w * up))
-            out[:, :, rows.start * up : rows.stop * up, cols.start * up : cols.stop * up] = part
-        return out
+            if not out:
+                out.append(part.new_empty((n, part.shape[1], h * up, w * up)))
+            out[0][:, :, rows.start * up : rows.stop * up, cols.start * up : cols.stop * up] = part
+
+        first, *rest = windows(h, w, BLOCK, self.receptive_radius)
+        one_window(first)
+        for_each_window(one_window, rest)
+        return out[0]
 
     @property
     def receptive_radius(self) -> int:

@@ -129,10 +129,16 @@ def gemm_peak_gflops(n=2048, repeats=5) -> float:
 
 # ---- one row (run in a subprocess) ---------------------------------------------------------
 
+def current_rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def run_row(model_name, who, height, width, frames):
     images = real_photo(height, width, frames)
     ours = load(model_name)
     fpp = flops_per_pixel(ours)
+    baseline = current_rss()  # torch runtime, libraries, model and input, before any upscaling
     if who == "ours":
         from realesrgan_tiled.engine import UpscaleStats, upscale_images
 
@@ -154,10 +160,15 @@ def run_row(model_name, who, height, width, frames):
     pixels = frames * height * width
     return {
         "model": model_name, "who": who, "size": f"{frames}x{width}x{height}", "seconds": seconds,
-        "px_per_s": pixels / seconds, "gflops": fpp * pixels / seconds / 1e9, "peak_rss": rss,
+        "px_per_s": pixels / seconds, "gflops": fpp * pixels / seconds / 1e9, "peak_rss": rss, "baseline_rss": baseline,
         "output_bytes": out.numel() * out.element_size(), "detail": detail,
         "checksum": float(out.double().mean()),
     }
+
+
+def torch_import_rss() -> int:
+    code = "import resource, torch; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
 def _subprocess_row(*args):
@@ -200,9 +211,14 @@ def main():
               f"{c['peak_rss'] / 2**30:.2f} GiB | {o['peak_rss'] / 2**30:.2f} GiB | {o['detail']} |")
     model_bytes = sum(p.numel() * 4 for p in load(batch_model).model.parameters())
     budget = frames["output_bytes"] + model_bytes + 0.5 * 2**30
+    added = frames["peak_rss"] - frames["baseline_rss"]
+    gib = 2**30
     print(f"\n16-frame batch {frames['size']} x4 ({batch_model}, ours): {frames['seconds']:.1f} s, peak RSS "
-          f"{frames['peak_rss'] / 2**30:.2f} GiB vs budget output+model+0.5 GiB = {budget / 2**30:.2f} GiB "
-          f"({'within' if frames['peak_rss'] <= budget else 'OVER'})")
+          f"{frames['peak_rss'] / gib:.2f} GiB vs budget output+model+0.5 GiB = {budget / gib:.2f} GiB "
+          f"({'within' if frames['peak_rss'] <= budget else 'OVER'}).\n"
+          f"Of that peak, {frames['baseline_rss'] / gib:.2f} GiB was there before upscaling (torch runtime, "
+          f"libraries, model, input; `import torch` alone: {torch_import_rss() / gib:.2f} GiB) and upscaling added {added / gib:.2f} GiB: the {frames['output_bytes'] / gib:.2f} GiB "
+          f"output + {(added - frames['output_bytes']) / 2**20:.0f} MiB working set.")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
 """Window geometry of ``archs/blocks.py``: the networks' exactness rests on it."""
 from __future__ import annotations
 
+import threading
+import time
+
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -39,3 +43,76 @@ def test_even_spans_have_no_thin_last_span():
     assert [s.stop - s.start for s in even_spans(100, 96)] == [50, 50]
     assert [s.stop - s.start for s in even_spans(7, 100)] == [7]
     assert [s.stop - s.start for s in even_spans(512, 256)] == [256, 256]
+
+
+@pytest.fixture
+def threads():
+    """Set torch's intra-op thread count for one test, and restore it."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def _nets():
+    from realesrgan_tiled.archs import RRDBNet, SRVGGNetCompact
+
+    torch.manual_seed(5)
+    rrdb = RRDBNet(num_feat=16, num_block=2, num_grow_ch=8).eval()
+    srvgg = SRVGGNetCompact(num_feat=16, num_conv=3, upscale=2).eval()
+    for p in [*rrdb.parameters(), *srvgg.parameters()]:
+        p.data.mul_(0.5)
+    return rrdb, srvgg
+
+
+@pytest.mark.parametrize("modes", ["inference", "no_grad+bf16"])
+def test_windows_on_worker_threads_equal_the_callers_thread(monkeypatch, threads, modes):
+    """Two intra-op threads: windows run on the pool, each worker single-threaded. The result
+    equals running every window in the caller's thread, the caller's thread count is unchanged,
+    and the caller's inference mode / autocast reach the workers (thread-local in torch)."""
+    from realesrgan_tiled.archs import blocks, rrdbnet, srvgg
+
+    for module, block in ((rrdbnet, 7), (srvgg, (6, 9))):
+        monkeypatch.setattr(module, "WHOLE_MAP_MAX_PIXELS", 0)
+        monkeypatch.setattr(module, "BLOCK", block)
+    monkeypatch.setattr(rrdbnet, "TAIL_BLOCK", 5)
+    worker_names = set()
+    real_load = blocks.Window.load
+    monkeypatch.setattr(blocks.Window, "load", lambda *a: worker_names.add(threading.current_thread().name) or real_load(*a))
+    x = torch.rand(1, 3, 23, 31)
+
+    def run(n_threads):
+        threads(n_threads)
+        mode = torch.inference_mode() if modes == "inference" else torch.no_grad()
+        with mode, torch.autocast("cpu", dtype=torch.bfloat16, enabled=modes != "inference"):
+            outs = [net(x) for net in _nets()]
+        assert torch.get_num_threads() == n_threads
+        return outs
+
+    alone = run(1)
+    assert worker_names == {threading.current_thread().name}
+    worker_names.clear()
+    pooled = run(2)
+    assert any(name.startswith("realesrgan-window") for name in worker_names)
+    assert alone[0].dtype == (torch.float32 if modes == "inference" else torch.bfloat16)  # autocast reached the convs
+    for a, b in zip(alone, pooled):
+        assert a.dtype == b.dtype
+        assert (a.float() - b.float()).abs().max() <= (1e-5 if modes == "inference" else 2e-2)
+        assert b.is_inference() == (modes == "inference")
+
+
+def test_an_error_in_one_window_surfaces_after_all_windows_finished(threads):
+    from realesrgan_tiled.archs.blocks import for_each_window
+
+    threads(2)
+    wins = list(windows(40, 40, (8, 8), 1))
+    done = []
+
+    def work(win):
+        if win is wins[3]:
+            raise MemoryError("window 3")
+        time.sleep(0.01)
+        done.append(win)
+
+    with pytest.raises(MemoryError, match="window 3"):
+        for_each_window(work, wins)
+    assert len(done) == len(wins) - 1
