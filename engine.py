@@ -218,7 +218,7 @@ def _fixed_working_set(model, device: torch.device, element_size: int) -> int:
             return rrdbnet.TAIL_STRIP_BYTES
         trunk = (rrdbnet.BLOCK + 2 * rrdbnet.RDB_HALO) ** 2 * (2 * hp["num_feat"] + 5 * hp["num_grow_ch"])
         tail = (rrdbnet.TAIL_BLOCK + 2 * rrdbnet.TAIL_HALO) ** 2 * 3 * hp["num_feat"] * 4 ** hp["num_upsample"]
-        return (trunk + tail) * element_size
+        return max(trunk, tail) * element_size * torch.get_num_threads()  # one window per thread
     if "num_conv" in hp and device.type == "cpu":
         rows, cols = (side + 2 * (hp["num_conv"] + 2) for side in srvgg.BLOCK)
         return 3 * hp["num_feat"] * rows * cols * element_size
