@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from .archs.blocks import cancel_check
 from .archs.rrdbnet import pad_bottom_right
 from .errors import InputImageError, RealESRGANTiledError
 from .resize import resize_images
@@ -492,11 +493,12 @@ def _forward(run: _Run, tile_in: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     """The raw (unclamped) model output for one tile, fp32 on the host."""
     x = tile_in.to(run.device, non_blocking=True).unsqueeze(0).float()
     x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0, 1)  # bad pixels never reach the net
-    if dtype == torch.float32:
-        y = call_model(run.model, x)
-    else:
-        with torch.autocast(device_type=run.device.type, dtype=dtype):
+    with cancel_check(run.check_cancel):  # our networks check between their windows too
+        if dtype == torch.float32:
             y = call_model(run.model, x)
+        else:
+            with torch.autocast(device_type=run.device.type, dtype=dtype):
+                y = call_model(run.model, x)
     return y[0].float().cpu()
 
 

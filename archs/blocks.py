@@ -23,6 +23,8 @@ the 2-core CI machine).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import contextvars
 import math
 import threading
 from dataclasses import dataclass
@@ -74,28 +76,56 @@ def _clip(span: slice, halo: int, length: int) -> slice:
     return slice(max(0, span.start - halo), min(length, span.stop + halo))
 
 
-def for_each_window(work: Callable[[Window], None], wins: Iterable[Window]) -> None:
-    """``work(win)`` for every window, spread over torch's intra-op thread count when that is
-    above one. ``work`` must only write its own window's output. The workers inherit the
-    caller's inference mode and CPU autocast state (both are thread-local in torch)."""
+def for_each_window(work: Callable[[Window], None], wins: Iterable[Window], parallel: bool = True) -> None:
+    """``work(win)`` for every window; with ``parallel``, spread over torch's intra-op thread
+    count when that is above one. ``work`` must only write its own window's output. The workers
+    inherit the caller's inference mode and CPU autocast state (both are thread-local in torch).
+    The host's cancel check (``cancel_check``) runs before every window."""
     wins = list(wins)
-    pool = _window_pool()
+    pool = _window_pool() if parallel else None
+    run = _in_callers_modes(work, _cancel_check.get())
     if pool is None or len(wins) < 2:
         for win in wins:
-            work(win)
+            run(win)
         return
-    run = _in_callers_modes(work)
-    futures = [pool.submit(run, win) for win in wins]
+    failed = threading.Event()
+
+    def run_unless_failed(win: Window) -> None:
+        if failed.is_set():  # a window raised (a cancel, out of memory): skip the rest
+            return
+        try:
+            run(win)
+        except BaseException:
+            failed.set()
+            raise
+
+    futures = [pool.submit(run_unless_failed, win) for win in wins]
     concurrent.futures.wait(futures)  # all done before any error surfaces: none still writing
     for future in futures:
         future.result()
 
 
-def _in_callers_modes(work: Callable[[Window], None]) -> Callable[[Window], None]:
+_cancel_check: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("cancel_check", default=None)
+
+
+@contextlib.contextmanager
+def cancel_check(check: Callable[[], None] | None) -> Iterator[None]:
+    """Within this block, windows call ``check()`` first; whatever it raises stops the network.
+    One image tile on CPU can take minutes; a window takes well under a second."""
+    token = _cancel_check.set(check)
+    try:
+        yield
+    finally:
+        _cancel_check.reset(token)
+
+
+def _in_callers_modes(work: Callable[[Window], None], check: Callable[[], None] | None) -> Callable[[Window], None]:
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
     autocast, dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
 
     def run(win: Window) -> None:
+        if check is not None:
+            check()
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
             with torch.autocast("cpu", dtype=dtype, enabled=autocast):
                 work(win)

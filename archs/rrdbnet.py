@@ -134,12 +134,9 @@ class RRDBNet(nn.Module):
             ]
 
         first, *rest = windows(h, w, (rows, cols), TAIL_HALO)
-        one_window(first)
-        if feat.device.type == "cpu":
-            for_each_window(one_window, rest)
-        else:  # full-width strips: big convs that use the whole device
-            for win in rest:
-                one_window(win)
+        for_each_window(one_window, [first])
+        # off CPU: full-width strips, one at a time, big convs that use the whole device
+        for_each_window(one_window, rest, parallel=feat.device.type == "cpu")
         return out[0]
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import windows
+from .blocks import for_each_window, windows
 
 ACT_TYPES = ("prelu", "relu", "leakyrelu")
 
@@ -92,8 +92,7 @@ class SRVGGNetCompact(nn.Module):
         # one window at a time, each conv on all threads: these 256 px windows are big enough
         # to keep every thread busy (one window per thread measured no faster) and the working
         # set stays one window's, whatever the core count
-        for win in windows(h, w, BLOCK, self.receptive_radius):
-            one_window(win)
+        for_each_window(one_window, windows(h, w, BLOCK, self.receptive_radius), parallel=False)
         return out[0]
 
     @property

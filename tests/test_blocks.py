@@ -100,7 +100,7 @@ def test_windows_on_worker_threads_equal_the_callers_thread(monkeypatch, threads
         assert b.is_inference() == (modes == "inference")
 
 
-def test_an_error_in_one_window_surfaces_after_all_windows_finished(threads):
+def test_an_error_in_one_window_skips_the_rest_and_surfaces_once_none_is_running(threads):
     from realesrgan_tiled.archs.blocks import for_each_window
 
     threads(2)
@@ -115,4 +115,7 @@ def test_an_error_in_one_window_surfaces_after_all_windows_finished(threads):
 
     with pytest.raises(MemoryError, match="window 3"):
         for_each_window(work, wins)
-    assert len(done) == len(wins) - 1
+    finished = len(done)
+    time.sleep(0.1)
+    assert len(done) == finished, "a window was still running after the error surfaced"
+    assert finished < len(wins) - 1, "windows after the error were not skipped"

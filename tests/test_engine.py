@@ -334,6 +334,51 @@ def test_cancel_stops_within_one_tile_and_offloads_the_model(compact):
     assert moves[-1] == ("cpu",)  # offloaded in `finally`
 
 
+@pytest.mark.parametrize("arch", ["rrdbnet", "srvgg"])
+def test_cancel_reaches_inside_a_one_tile_image(monkeypatch, arch):
+    """On CPU one tile may be the whole image (minutes for x4plus); our networks run it in
+    windows and call the host's cancel check before each, so a cancel stops mid-tile. Also
+    on the worker-thread path (two intra-op threads) and for the RRDB tail."""
+    from realesrgan_tiled.archs import RRDBNet, blocks, rrdbnet, srvgg
+
+    module = rrdbnet if arch == "rrdbnet" else srvgg
+    monkeypatch.setattr(module, "WHOLE_MAP_MAX_PIXELS", 0)
+    monkeypatch.setattr(module, "BLOCK", 8 if arch == "rrdbnet" else (8, 8))
+    torch.manual_seed(0)
+    net = RRDBNet(num_feat=8, num_block=2, num_grow_ch=4) if arch == "rrdbnet" else SRVGGNetCompact(num_feat=8, num_conv=2)
+    model = _descriptor(net.eval())
+    loads = []
+    real_load = blocks.Window.load
+    monkeypatch.setattr(blocks.Window, "load", lambda *a: loads.append(1) or real_load(*a))
+
+    class Stop(Exception):
+        pass
+
+    checks = {"n": 0}
+
+    def check_cancel():
+        checks["n"] += 1
+        if checks["n"] == 12:
+            raise Stop()
+
+    image = torch.rand(1, 48, 40, 3)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        upscale_images(model, image)  # one tile; counts the windows of a full run
+        full_run = len(loads)
+        loads.clear()
+        stats = UpscaleStats()
+        with pytest.raises(Stop):
+            upscale_images(model, image, check_cancel=check_cancel, stats=stats)
+    finally:
+        torch.set_num_threads(threads_before)
+    assert stats.tile_size >= 48 and full_run > 12
+    assert len(loads) < 12 + torch.get_num_threads(), "windows kept running after the cancel"
+    # the tail's windows are covered too: a cancel on the last checks still stops the network
+    assert checks["n"] == 12
+
+
 def test_progress_reports_every_tile(compact):
     seen = []
     upscale_images(compact, torch.rand(2, 40, 40, 3), tile_size=24, overlap=8, progress=lambda d, t: seen.append((d, t)))

@@ -51,6 +51,7 @@ def host_base(host, tmp_path_factory):
     alpha = np.tile(np.linspace(0, 255, photo.shape[1]).astype(np.uint8), (photo.shape[0], 1))
     Image.fromarray(np.dstack([photo, alpha]), "RGBA").save(base / "input" / "rgba.png")
     Image.fromarray(harness.sample_photo((96, 96))).save(base / "input" / "big.png")
+    Image.fromarray(harness.sample_photo((256, 256))).save(base / "input" / "whole.png")
     from realesrgan_tiled.bundled_models import bundled_model_path
 
     param = bundled_model_path("realesr-animevideov3-x2")

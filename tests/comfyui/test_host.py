@@ -203,6 +203,25 @@ def test_hires_fallback_without_model_and_latent_needs_vae(server, input_image):
     assert "6" not in entry["outputs"] and "4" in entry["outputs"] and "5" in entry["outputs"]
 
 
+def test_interrupt_stops_a_one_tile_cpu_upscale_between_windows(server):
+    """Automatic tiling on CPU makes 256x256 one tile: x4plus takes ~20 s on it here. The
+    network checks ComfyUI's interrupt flag between its windows, so the stop is still quick."""
+    slow = harness.with_unique_prefix(tiled_prompt(image="whole.png", model="bundled/RealESRGAN_x4plus"))
+    started = time.monotonic()
+    prompt_id = server.queue(slow)
+    while not server.queue_state()["queue_running"]:
+        assert time.monotonic() - started < 60, "the prompt never started"
+        time.sleep(0.1)
+    time.sleep(4.0)  # model loaded, the tile's trunk under way
+    t0 = time.monotonic()
+    server.interrupt()
+    entry = server.wait(prompt_id, timeout=60)
+    stopped_after = time.monotonic() - t0
+    assert any(m[0] == "execution_interrupted" for m in entry["status"]["messages"]), entry["status"]
+    assert stopped_after < 3.0, f"took {stopped_after:.1f}s to stop"
+    assert not entry["outputs"]
+
+
 def test_interrupt_stops_upscale_within_a_tile_and_next_prompt_runs(server, input_image, bundled):
     from realesrgan_tiled.engine import upscale_images
 
