@@ -114,7 +114,10 @@ def test_ctrl_c_while_loading_exits_cleanly(tmp_path, x4plus_path):
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # the child restores Python's Ctrl-C handler: a runner that starts jobs in the background
+    # (nohup ... &) passes SIGINT down as ignored, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import signal; signal.signal(signal.SIGINT, signal.default_int_handler)
         import sys, realesrgan_tiled.loading as L
         real = L.build_descriptor
         def slow(*a, **k):
