@@ -312,24 +312,30 @@ def test_nan_in_one_half_precision_tile_reruns_only_that_tile(compact):
     assert (out - fp32).abs().max() < 3e-2  # bf16 tiles vs fp32
 
 
+class _Stop(Exception):
+    """What the tests' host cancel checks raise."""
+
+
+class _CancelOnCall:
+    """A host cancel check that raises ``_Stop`` on its nth call and counts every call."""
+
+    def __init__(self, n: int):
+        self.n, self.calls = n, 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.calls == self.n:
+            raise _Stop()
+
+
 def test_cancel_stops_within_one_tile_and_offloads_the_model(compact):
     model, spy = _spy_descriptor(_descriptor(compact.model))
     moves = []
     original_to = model.to
     model.to = lambda *a, **k: (moves.append(a), original_to(*a, **k))[1]
 
-    class Stop(Exception):
-        pass
-
-    checks = {"n": 0}
-
-    def check_cancel():
-        checks["n"] += 1
-        if checks["n"] == 3:
-            raise Stop()
-
-    with pytest.raises(Stop):
-        upscale_images(model, torch.rand(1, 64, 64, 3), tile_size=32, overlap=8, check_cancel=check_cancel)
+    with pytest.raises(_Stop):
+        upscale_images(model, torch.rand(1, 64, 64, 3), tile_size=32, overlap=8, check_cancel=_CancelOnCall(3))
     assert len(spy.calls) == 2  # two tiles ran, the third never started
     assert moves[-1] == ("cpu",)  # offloaded in `finally`
 
@@ -351,16 +357,7 @@ def test_cancel_reaches_inside_a_one_tile_image(monkeypatch, arch):
     real_load = blocks.Window.load
     monkeypatch.setattr(blocks.Window, "load", lambda *a: loads.append(1) or real_load(*a))
 
-    class Stop(Exception):
-        pass
-
-    checks = {"n": 0}
-
-    def check_cancel():
-        checks["n"] += 1
-        if checks["n"] == 12:
-            raise Stop()
-
+    check_cancel = _CancelOnCall(12)
     image = torch.rand(1, 48, 40, 3)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -369,14 +366,14 @@ def test_cancel_reaches_inside_a_one_tile_image(monkeypatch, arch):
         full_run = len(loads)
         loads.clear()
         stats = UpscaleStats()
-        with pytest.raises(Stop):
+        with pytest.raises(_Stop):
             upscale_images(model, image, check_cancel=check_cancel, stats=stats)
     finally:
         torch.set_num_threads(threads_before)
     assert stats.tile_size >= 48 and full_run > 12
     assert len(loads) < 12 + torch.get_num_threads(), "windows kept running after the cancel"
     # the tail's windows are covered too: a cancel on the last checks still stops the network
-    assert checks["n"] == 12
+    assert check_cancel.calls == 12
 
 
 def test_progress_reports_every_tile(compact):
