@@ -52,8 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--height", type=int, help="exact output height (with --width)")
     up.add_argument("--tile", default="auto", help="tile size in px, or auto (default)")
     up.add_argument("--overlap", type=int, help="tile overlap in px (default: chosen per model)")
-    up.add_argument("--precision", default="auto", choices=PRECISIONS)
-    up.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    up.add_argument("--precision", choices=PRECISIONS, help="default: auto (fp16 on CUDA, fp32 on CPU)")
+    up.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     up.add_argument("--act", choices=ACT_TYPES, help="SRVGGNetCompact activation when the weights cannot tell")
     up.add_argument("--quiet", action="store_true", help="no progress bar")
     up.set_defaults(func=_cmd_upscale)
@@ -81,14 +81,20 @@ def _resolve_model(name: str | None) -> Path:
 
 
 def _cmd_upscale(args) -> int:
-    from .engine import upscale_images
+    from .engine import Choices, Host, upscale
     from .errors import InputImageError
     from .image_files import collect_inputs, read_image, write_png
     from .loading import load_model
 
     if (args.width is None) != (args.height is None):
         raise InputImageError("--width and --height go together")
-    tile = None if args.tile == "auto" else _positive_int(args.tile, "--tile")
+    choices = Choices(
+        tile_size=None if args.tile == "auto" else _positive_int(args.tile, "--tile"),
+        overlap=args.overlap,
+        precision=args.precision,
+        output_scale=args.scale,
+        output_size=None if args.width is None else (args.height, args.width),
+    )
     model = load_model(_resolve_model(args.model), act_type=args.act)
     paths = collect_inputs(args.inputs)
     if not paths:
@@ -100,14 +106,9 @@ def _cmd_upscale(args) -> int:
         try:
             image = read_image(path)
             with _progress_bar(path.name, args.quiet) as update:
-                result = upscale_images(
-                    model, image.pixels, tile_size=tile, overlap=args.overlap, precision=args.precision,
-                    device=args.device, output_scale=args.scale,
-                    output_size=None if args.width is None else (args.height, args.width),
-                    progress=update,
-                )
+                result = upscale(image.pixels, model, choices, Host(device=args.device, progress=update))
             target = _output_path(args.output, path, written)
-            write_png(target, result[0], image.bit_depth)
+            write_png(target, result.images[0], image.bit_depth)
         except (RealESRGANTiledError, OSError) as e:
             failures += 1
             message = str(e) if str(path) in str(e) else f"{path}: {e}"

@@ -12,44 +12,19 @@ import warnings
 from pathlib import Path
 
 import torch
-from spandrel import Architecture, ImageModelDescriptor, ModelLoader, SizeRequirements
+from spandrel import ImageModelDescriptor, ModelLoader
 
-from .archs import RRDBNet, SRVGGNetCompact
-from .archs.output_resize import OutputResize
+from .archs import ARCHITECTURES, ModelSpec, OurModel
 from .errors import ModelLoadError
-from .sniff import ModelSpec, sniff, unwrap_state_dict
+from .sniff import sniff, unwrap_state_dict
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 SUPPORTED_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES, ".param")
 
 
-class _OwnArchitecture(Architecture):
-    """Lets our networks sit in spandrel's descriptor like any spandrel architecture."""
-
-    def __init__(self, name: str):
-        super().__init__(id=name, name=name, detect=lambda sd: _sniff_is(sd, name))
-
-    def load(self, state_dict):
-        spec = sniff(unwrap_state_dict(state_dict))
-        if spec is None:
-            raise ModelLoadError(f"the state dict is not a {self.name}")
-        return build_descriptor(spec)
-
-
-def _sniff_is(state_dict, name: str) -> bool:
-    try:
-        spec = sniff(unwrap_state_dict(state_dict))
-    except ModelLoadError:
-        return False
-    return spec is not None and spec.architecture == name
-
-
-ARCHITECTURES = {name: _OwnArchitecture(name) for name in ("RRDBNet", "SRVGGNetCompact")}
-
-
 def load_model(path: str | Path, act_type: str | None = None) -> ImageModelDescriptor:
     """Load any supported model file. ``act_type`` only matters for SRVGGNetCompact files
-    without PReLU weights (see ``sniff.DEFAULT_SRVGG_ACT``)."""
+    without PReLU weights (see ``archs/srvgg/keys.py``)."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
@@ -150,72 +125,9 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
-def build_descriptor(spec: ModelSpec, resize: tuple[float, str] | None = None) -> ImageModelDescriptor:
-    """Build our network for ``spec``, check the weights fit it exactly, wrap it for hosts."""
-    hp = spec.hyperparameters
-    if spec.architecture == "RRDBNet":
-        net = RRDBNet(**{k: hp[k] for k in ("num_in_ch", "num_out_ch", "num_feat", "num_block", "num_grow_ch", "num_upsample", "unshuffle")})
-        multiple_of = hp["unshuffle"]
-        tags = [f"{hp['num_feat']}nf", f"{hp['num_block']}nb", f"{hp['num_grow_ch']}gc"]
-    else:
-        net = SRVGGNetCompact(**{k: hp[k] for k in ("num_in_ch", "num_out_ch", "num_feat", "num_conv", "upscale", "act_type")})
-        multiple_of = 1
-        tags = [f"{hp['num_feat']}nf", f"{hp['num_conv']}nc", hp["act_type"]]
-    _check_weights_fit(net, spec.state_dict)
-    net.load_state_dict(spec.state_dict, strict=True)
-    scale = hp["scale"]
-    model: torch.nn.Module = net
-    if resize is not None:
-        factor, mode = resize
-        model = OutputResize(net, factor, mode)
-        scale = hp["scale"] * factor
-        if abs(scale - round(scale)) > 1e-6 or round(scale) < 1:
-            raise ModelLoadError(f"a {hp['scale']}x network followed by a x{factor} resize is not an integer scale")
-        scale = int(round(scale))
-        tags.append(f"resize{factor:g}-{mode}")
-    model.key_format = spec.key_format  # type: ignore[attr-defined]  # reported by `info`
-    model.hyperparameters = dict(hp, scale=scale)  # type: ignore[attr-defined]
-    model.eval().requires_grad_(False)
-    return ImageModelDescriptor(
-        model,
-        model.state_dict(),
-        architecture=ARCHITECTURES[spec.architecture],
-        purpose="SR" if scale > 1 else "Restoration",
-        tags=tags,
-        supports_half=True,  # fp16 can overflow on some RRDBNet weights: the engine's NaN guard re-runs those tiles in fp32
-        supports_bfloat16=True,
-        scale=scale,
-        input_channels=hp["num_in_ch"],
-        output_channels=hp["num_out_ch"],
-        size_requirements=SizeRequirements(minimum=1, multiple_of=multiple_of),
-    )
-
-
-def _check_weights_fit(net: torch.nn.Module, state: dict) -> None:
-    """Name the offending keys instead of torch's wall of text."""
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    extra = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-             for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} weight(s): {_few(missing)}")
-    if extra:
-        problems.append(f"{len(extra)} unexpected weight(s): {_few(extra)}")
-    if wrong:
-        problems.append(f"wrong shape: {_few(wrong)}")
-    if problems:
-        raise ModelLoadError(f"weights do not fit {type(net).__name__}: " + "; ".join(problems))
-    for k, v in state.items():
-        if not v.is_floating_point():
-            raise ModelLoadError(f"weight {k} has dtype {v.dtype}, expected floating point")
-        if not torch.isfinite(v).all():
-            raise ModelLoadError(f"weight {k} contains NaN or Inf values; the file is corrupt")
-
-
-def _few(items: list[str], n: int = 3) -> str:
-    return ", ".join(items[:n]) + (f" … (+{len(items) - n} more)" if len(items) > n else "")
+def build_descriptor(spec: ModelSpec, resize: tuple[float, str] | None = None) -> OurModel:
+    """Our network for ``spec``, weights checked to fit exactly, wrapped for hosts."""
+    return ARCHITECTURES[spec.architecture].build(spec, resize)
 
 
 def _load_with_spandrel(path: Path, state: dict) -> ImageModelDescriptor:

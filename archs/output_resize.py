@@ -38,7 +38,9 @@ class OutputResize(nn.Module):
         self.mode = mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.net(x)
+        return self.resize(self.net(x))
+
+    def resize(self, y: torch.Tensor) -> torch.Tensor:
         h, w = y.shape[-2:]
         size = [max(1, ncnn_output_size(h, self.factor)), max(1, ncnn_output_size(w, self.factor))]
         f = self.factor

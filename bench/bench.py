@@ -140,13 +140,13 @@ def run_row(model_name, who, height, width, frames):
     fpp = flops_per_pixel(ours)
     baseline = current_rss()  # torch runtime, libraries, model and input, before any upscaling
     if who == "ours":
-        from realesrgan_tiled.engine import UpscaleStats, upscale_images
+        from realesrgan_tiled.engine import upscale
 
-        stats = UpscaleStats()
         t = time.perf_counter()
-        out = upscale_images(ours, images, stats=stats)
+        result = upscale(images, ours)
         seconds = time.perf_counter() - t
-        detail = f"tile {stats.tile_size} overlap {stats.overlap} {stats.precision}"
+        out, ran = result.images, result.ran
+        detail = f"tile {ran.tile_size} overlap {ran.overlap} {ran.precision}"
     else:
         core, detail = _core_scaler()
         model = spandrel_twin(ours)

@@ -150,11 +150,22 @@ def attach_patcher(descriptor) -> None:
                     "ComfyUI builds may not accept this model", e)
 
 
-def prepare_device(descriptor, device: torch.device, image: torch.Tensor) -> None:
+def engine_host(descriptor):
+    """The engine's Host for one node run: ComfyUI's device, progress bar, interrupt check,
+    intermediate device/dtype and offload device, and its model manager for memory."""
+    from ..engine import Host
+
+    release_from_manager(descriptor)
+    out_device, out_dtype = output_device_dtype()
+    return Host(device=torch_device(), progress=progress_callback(), check_cancel=interrupt_check(),
+                output_device=out_device, output_dtype=out_dtype, offload_device=offload_device(),
+                make_room=make_room)
+
+
+def release_from_manager(descriptor) -> None:
     """Before our engine moves the model itself: if the host's model manager holds this model
     (core's ImageUpscaleWithModel in current ComfyUI loads it through its patcher), unload it
-    there first so the manager's bookkeeping stays true; then ask the host to free memory for
-    the model and a tile, as core's ImageUpscaleWithModel does. Best effort."""
+    there first so the manager's bookkeeping stays true. Best effort."""
     try:
         import comfy.model_management as mm
     except ImportError:
@@ -168,12 +179,16 @@ def prepare_device(descriptor, device: torch.device, image: torch.Tensor) -> Non
                     loaded.pop(i).model_unload()
         except Exception as e:
             log.debug("realesrgan_tiled: could not release the model from the host: %s", e)
+
+
+def make_room(device: torch.device, required: int) -> None:
+    """The engine asks for ``required`` bytes on ``device`` (the weights, then the working set
+    of a tile): the model manager unloads other models only as far as that needs. Best effort."""
     if device.type == "cpu":
         return
     try:
-        required = mm.module_size(descriptor.model)
-        required += 512 * 512 * 3 * 4 * max(float(descriptor.scale), 1.0) * 384.0
-        required += image.nelement() * image.element_size()
+        import comfy.model_management as mm
+
         mm.free_memory(required, device)
     except Exception as e:
         log.debug("realesrgan_tiled: free_memory failed: %s", e)
@@ -197,7 +212,7 @@ def progress_callback():
     return progress
 
 
-def cancel_check():
+def interrupt_check():
     """ComfyUI's interrupt check: raises InterruptProcessingException after POST /interrupt."""
     try:
         import comfy.model_management as mm
@@ -219,7 +234,7 @@ def blocked_output(message: str):
     return None
 
 
-def is_cancel(exc: BaseException) -> bool:
+def is_cancellation(exc: BaseException) -> bool:
     """True for the exceptions that mean "the user cancelled" and must never be swallowed."""
     from ..errors import UpscaleCancelled
 

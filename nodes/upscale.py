@@ -8,7 +8,7 @@ import logging
 import torch
 
 from . import _host
-from ..engine import PRECISIONS, UpscaleStats, is_out_of_memory, upscale_images
+from ..engine import PRECISIONS, Choices, Upscaled, is_out_of_memory, upscale
 from ..errors import ModelLoadError
 from ..loading import load_model
 from ..resize import RESAMPLE_METHODS, resize_images
@@ -29,28 +29,14 @@ def model_label(descriptor) -> str:
     return f"{arch} x{getattr(descriptor, 'scale', '?')}"
 
 
-def run_model(descriptor, image: torch.Tensor, *, tile_size=None, overlap=None, precision="auto",
-              output_size=None, resample="lanczos", stats=None) -> torch.Tensor:
+def run_model(descriptor, image: torch.Tensor, choices: Choices) -> Upscaled:
     """Our engine with the host's device, progress bar, cancel check and intermediate device."""
-    device = _host.torch_device()
-    out_device, out_dtype = _host.output_device_dtype()
-    _host.prepare_device(descriptor, device, image)
-    return upscale_images(
-        descriptor,
-        image,
-        tile_size=tile_size or None,
-        overlap=overlap or None,
-        precision=precision,
-        device=device,
-        output_size=output_size,
-        resample=resample,
-        progress=_host.progress_callback(),
-        check_cancel=_host.cancel_check(),
-        out_device=out_device,
-        out_dtype=out_dtype,
-        offload_device=_host.offload_device(),
-        stats=stats,
-    )
+    return upscale(image, descriptor, choices, _host.engine_host(descriptor))
+
+
+def auto_if_zero(value: int) -> int | None:
+    """The tile widgets' convention: 0 means "let the engine choose"."""
+    return value or None
 
 
 def _size(t: torch.Tensor) -> str:
@@ -134,7 +120,8 @@ class UpscaleImageTiled:
         }
 
     def upscale(self, upscale_model, image, tile_size, overlap, precision):
-        return (run_model(upscale_model, image, tile_size=tile_size, overlap=overlap, precision=precision),)
+        choices = Choices(tile_size=auto_if_zero(tile_size), overlap=auto_if_zero(overlap), precision=precision)
+        return (run_model(upscale_model, image, choices).images,)
 
 
 # ---------------------------------------------------------------- hires fix
@@ -258,18 +245,11 @@ class HiresFixUpscale:
         elif target[0] <= image.shape[1] and target[1] <= image.shape[2]:
             return _resample(image, target, resample), f"{resample}: {sizes} (not an upscale, so the model was not run)"
         else:
-            stats = UpscaleStats()
             try:
-                out = run_model(upscale_model, image, output_size=target, resample=resample, stats=stats)
-                report = f"model {model_label(upscale_model)}: {sizes}"
-                details = [f"{stats.tiles} tile{'s' if stats.tiles != 1 else ''}", stats.precision]
-                if stats.oom_retries:
-                    details.append(f"{stats.oom_retries} OOM retr{'ies' if stats.oom_retries > 1 else 'y'}")
-                if stats.fp32_reruns:
-                    details.append(f"{stats.fp32_reruns} fp32 re-run{'s' if stats.fp32_reruns > 1 else ''}")
-                return out, f"{report} ({', '.join(d for d in details if d)})"
+                result = run_model(upscale_model, image, Choices(output_size=target, resample=resample))
+                return result.images, f"model {model_label(upscale_model)}: {sizes} ({_ran_text(result.ran)})"
             except BaseException as e:
-                if _host.is_cancel(e) or not isinstance(e, Exception):
+                if _host.is_cancellation(e) or not isinstance(e, Exception):
                     raise
                 reason = _reason(e)
                 log.warning("Hires-Fix Upscale (Real-ESRGAN): model path failed, falling back to %s: %s",
@@ -277,6 +257,15 @@ class HiresFixUpscale:
                 out = _resample(image, target, resample)
                 return out, f"{resample} fallback ({reason}): {sizes}; {type(e).__name__}: {_short(e)}"
         return _resample(image, target, resample), f"{resample} fallback ({reason}): {sizes}"
+
+
+def _ran_text(ran) -> str:
+    details = [f"{ran.tiles} tile{'s' if ran.tiles != 1 else ''}", ran.precision]
+    if ran.oom_retries:
+        details.append(f"{ran.oom_retries} OOM retr{'ies' if ran.oom_retries > 1 else 'y'}")
+    if ran.fp32_reruns:
+        details.append(f"{ran.fp32_reruns} fp32 re-run{'s' if ran.fp32_reruns > 1 else ''}")
+    return ", ".join(d for d in details if d)
 
 
 def _resample(image: torch.Tensor, target: tuple[int, int], method: str) -> torch.Tensor:

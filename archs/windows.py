@@ -1,24 +1,21 @@
-"""Exact evaluation of conv stacks block by block, for CPU cache locality.
+"""Exact evaluation of conv stacks window by window, for CPU cache locality.
 
 On CPU a 3x3 conv over a whole feature map streams it through main memory, and oneDNN copies it
-into its blocked layout and back on every layer; over a block whose window stays in cache the
-same convolutions ran 1.4-1.6x faster (bench/README). Tiling the *image* would buy the same
-locality at the price of overlap and seams; here the network itself walks the map in blocks:
+into its blocked layout and back on every layer; over a window that stays in cache the same
+convolutions run faster (figures in README, "What made the CPU path fast"). Tiling the *image*
+would buy the same locality at the price of overlap and seams; here the network itself walks
+the map in windows:
 
-- a block's window is the block plus ``halo`` px on every side (one px per 3x3 conv), so its
-  centre is computed from exactly the same inputs as in the whole-map run;
+- a window is a block plus ``halo`` px on every side (one px per 3x3 conv), so its centre is
+  computed from exactly the same inputs as in the whole-map run;
 - each conv runs without padding and shrinks the window by one px per side, so the halo is paid
   once per stack rather than per layer;
 - where the window sticks out of the map, every layer's output there is set to zero: that is
   what the whole-map run's zero padding feeds the next conv.
 
-The result equals the whole-map computation up to the summation order inside oneDNN (tests:
-≤ 1e-5 against the whole-map path and against spandrel).
-
-``for_each_window`` runs independent windows on worker threads, one window per thread with one
-intra-op thread each, instead of splitting every small conv across all threads: no barrier per
-conv, and each core keeps its own window warm (x4plus dense blocks: 5-10 % faster, measured on
-the 2-core CI machine).
+``for_each_window`` can run independent windows on worker threads, one window per thread with
+one intra-op thread each, instead of splitting every small conv across all threads: no barrier
+per conv, and each core keeps its own window warm.
 """
 from __future__ import annotations
 
@@ -76,14 +73,14 @@ def _clip(span: slice, halo: int, length: int) -> slice:
     return slice(max(0, span.start - halo), min(length, span.stop + halo))
 
 
-def for_each_window(work: Callable[[Window], None], wins: Iterable[Window], parallel: bool = True) -> None:
-    """``work(win)`` for every window; with ``parallel``, spread over torch's intra-op thread
-    count when that is above one. ``work`` must only write its own window's output. The workers
-    inherit the caller's inference mode and CPU autocast state (both are thread-local in torch).
-    The host's cancel check (``cancel_check``) runs before every window."""
+def for_each_window(work: Callable[[Window], None], wins: Iterable[Window], threads: int | None = None) -> None:
+    """``work(win)`` for every window, spread over ``worker_count(threads)`` worker threads.
+    ``work`` must only write its own window's output. The workers inherit the caller's inference
+    mode and CPU autocast state (both are thread-local in torch). The host's cancel check
+    (``checking_cancel``) runs before every window."""
     wins = list(wins)
-    pool = _window_pool() if parallel else None
-    run = _in_callers_modes(work, _cancel_check.get())
+    pool = _window_pool(worker_count(threads))
+    run = _in_callers_modes(work, _check_cancel.get())
     if pool is None or len(wins) < 2:
         for win in wins:
             run(win)
@@ -105,18 +102,26 @@ def for_each_window(work: Callable[[Window], None], wins: Iterable[Window], para
         future.result()
 
 
-_cancel_check: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("cancel_check", default=None)
+def worker_count(threads: int | None) -> int:
+    """Threads that windows run on: ``threads``, or torch's intra-op thread count. One (the
+    caller's thread) where a per-thread setting is impossible: see ``_window_pool``."""
+    if not _OPENMP:
+        return 1
+    return max(1, torch.get_num_threads() if threads is None else int(threads))
+
+
+_check_cancel: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("check_cancel", default=None)
 
 
 @contextlib.contextmanager
-def cancel_check(check: Callable[[], None] | None) -> Iterator[None]:
-    """Within this block, windows call ``check()`` first; whatever it raises stops the network.
-    One image tile on CPU can take minutes; a window takes well under a second."""
-    token = _cancel_check.set(check)
+def checking_cancel(check_cancel: Callable[[], None] | None) -> Iterator[None]:
+    """Within this block, windows call ``check_cancel()`` first; whatever it raises stops the
+    network. One image tile on CPU can take minutes; a window takes well under a second."""
+    token = _check_cancel.set(check_cancel)
     try:
         yield
     finally:
-        _cancel_check.reset(token)
+        _check_cancel.reset(token)
 
 
 def _in_callers_modes(work: Callable[[Window], None], check: Callable[[], None] | None) -> Callable[[Window], None]:
@@ -138,13 +143,12 @@ _pool_threads = 0
 _pool_lock = threading.Lock()
 
 
-def _window_pool() -> concurrent.futures.ThreadPoolExecutor | None:
-    """A pool of ``torch.get_num_threads()`` workers, each set to one intra-op thread. That
-    setting is per thread only with OpenMP (torch's usual backend); with another backend it
-    would change the host's thread count, so windows then run in the caller's thread."""
+def _window_pool(threads: int) -> concurrent.futures.ThreadPoolExecutor | None:
+    """A pool of ``threads`` workers, each set to one intra-op thread. That setting is per
+    thread only with OpenMP (torch's usual backend); with another backend it would change the
+    host's thread count, so ``worker_count`` keeps windows in the caller's thread there."""
     global _pool, _pool_threads
-    threads = torch.get_num_threads()
-    if threads < 2 or not _OPENMP:  # (inside a worker the count is 1)
+    if threads < 2:  # (inside a worker torch's count is 1)
         return None
     with _pool_lock:
         if _pool_threads != threads:

@@ -1,0 +1,56 @@
+"""The engine's interface: what a host provides, what the user chose, what comes back."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .memory import available_memory
+
+
+@dataclass
+class Host:
+    """What the engine needs from whoever calls it (ComfyUI, the WebUI, the CLI, a test). Each
+    adapter builds one per call; every field has a plain-PyTorch default."""
+
+    device: torch.device | str | None = None  # None or "auto": CUDA when available, else CPU
+    progress: Callable[[int, int], None] | None = None  # (tiles done, total tiles)
+    check_cancel: Callable[[], None] | None = None  # raises to stop; runs before every tile and window
+    output_device: torch.device | str = "cpu"  # where the result goes
+    output_dtype: torch.dtype = torch.float32
+    offload_device: torch.device | str = "cpu"  # where the model goes afterwards, even on error or cancel
+    free_memory: Callable[[torch.device], int] = available_memory  # bytes free on a device now
+    make_room: Callable[[torch.device, int], None] | None = None  # asked to free this many bytes before the run
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The user's choices. ``None`` everywhere means "the engine decides"; only the engine
+    knows what that is."""
+
+    tile_size: int | None = None  # tile side in input px (>= 1)
+    overlap: int | None = None  # tile overlap in input px (>= 0)
+    precision: str | None = None  # "auto", "fp32", "fp16" or "bf16"
+    output_size: tuple[int, int] | None = None  # exact (height, width) of the result
+    output_scale: float | None = None  # or a factor of the input size
+    resample: str | None = None  # how the model output is brought to that size (resize.RESAMPLE_METHODS)
+
+
+@dataclass
+class RunReport:
+    """What actually ran."""
+
+    tiles: int = 0  # tiles run through the model (OOM sub-tiles included)
+    fp32_reruns: int = 0  # half-precision tiles whose output was not finite, re-run in fp32
+    oom_retries: int = 0  # tiles that ran out of memory and were re-run as smaller tiles
+    precision: str = ""
+    tile_size: int = 0
+    overlap: int = 0
+    device: str = ""
+
+
+@dataclass
+class Upscaled:
+    images: torch.Tensor  # [B, H', W', C] on the host's output device and dtype
+    ran: RunReport = field(default_factory=RunReport)

@@ -1,0 +1,120 @@
+"""How much memory a device has free, and how much one tile through a model needs.
+
+Our networks state their own cost (each architecture's profile, from its inference plan). Any
+other model (spandrel's networks, SwinIR, …) is measured: two small probe tiles run through
+it, and their peak allocations give a fixed part and a per-pixel part, with a margin.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from ..archs import Cost, OurModel
+
+GENERIC_OVERLAP = 48  # px, for models whose receptive field we do not know
+PROBE_SIDES = (48, 96)  # input px of the two probe tiles of a model we measure
+PROBE_MARGIN = 1.25  # extrapolating a straight line from two small probes to a large tile
+UNKNOWN_FREE = 4 << 30  # when the platform gives no memory figure
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes a new allocation can get on ``device``: CUDA's free memory plus what torch's
+    cache holds unused; elsewhere the OS's available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return UNKNOWN_FREE
+
+
+def model_overlap(model) -> int:
+    return model.overlap() if isinstance(model, OurModel) else GENERIC_OVERLAP
+
+
+def model_cost(model, device: torch.device, dtype: torch.dtype, call) -> Cost:
+    """Peak memory of one tile; ``call(model, x)`` runs a tile as the engine will (for probes)."""
+    element_size = torch.tensor([], dtype=dtype).element_size()
+    if isinstance(model, OurModel):
+        return model.cost(device, element_size)
+    return measured_cost(model, device, dtype, call)
+
+
+_measured: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # network -> {(device, dtype): Cost}
+
+
+def measured_cost(model, device: torch.device, dtype: torch.dtype, call) -> Cost:
+    """A straight line through the peaks of two probe tiles, with a margin; cached per network."""
+    costs = _measured.setdefault(model.model, {})
+    key = (str(device), dtype)
+    if key not in costs:
+        sides = [_probe_side(model, s) for s in PROBE_SIDES]
+        peaks = [peak_bytes(lambda x=_probe(model, side, device, dtype): call(model, x), device) for side in sides]
+        pixels = [s * s for s in sides]
+        per_pixel = max(0.0, (peaks[1] - peaks[0]) / (pixels[1] - pixels[0]))
+        fixed = max(0.0, peaks[0] - per_pixel * pixels[0])
+        costs[key] = Cost(fixed * PROBE_MARGIN, per_pixel * PROBE_MARGIN)
+    return costs[key]
+
+
+def _probe_side(model, side: int) -> int:
+    req = model.size_requirements
+    multiple = max(1, int(req.multiple_of))
+    return math.ceil(max(side, req.minimum) / multiple) * multiple
+
+
+def _probe(model, side: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand((1, model.input_channels, side, side), generator=generator).to(device, dtype)
+
+
+def peak_bytes(fn, device: torch.device) -> int:
+    """Peak bytes allocated while ``fn()`` runs, beyond what was allocated before."""
+    with torch.inference_mode():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            fn()
+            return torch.cuda.max_memory_allocated(device) - before
+        with AllocationTracker() as tracker:
+            fn()
+        return tracker.peak
+
+
+class AllocationTracker(TorchDispatchMode):
+    """Counts the storages torch operators allocate in this thread while active, and frees
+    them as they die: the peak of what was alive at once. Sees tensors, not an operator's
+    internal scratch space."""
+
+    def __init__(self):
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.now = 0
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._count(t.untyped_storage())
+        return out
+
+    def _count(self, storage) -> None:
+        key = storage.data_ptr()
+        if not key or key in self.live:
+            return
+        self.live[key] = storage.nbytes()
+        self.now += storage.nbytes()
+        self.peak = max(self.peak, self.now)
+        weakref.finalize(storage, self._free, key)
+
+    def _free(self, key: int) -> None:
+        self.now -= self.live.pop(key, 0)

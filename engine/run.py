@@ -1,0 +1,246 @@
+"""The tile loop: one tile at a time on the device, the result accumulated on the host.
+
+- each image, and within it each channel group (``channels.py``), is cut into equal tiles laid
+  out evenly (``tiles.py``); only one tile at a time lives on the device;
+- tile outputs, weighted so that they sum to the blended result, are added straight into the
+  host-side output;
+- a tile that runs out of memory is re-run alone as smaller tiles (and later tiles start at the
+  size that fitted); a half-precision tile whose output is not finite is re-run alone in fp32.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from ..archs.padding import pad_bottom_right
+from ..archs.windows import checking_cancel
+from ..errors import RealESRGANTiledError
+from ..resize import resize_images
+from . import settings
+from .channels import ChannelPass, channel_passes, gather, is_constant, scatter
+from .interface import Choices, Host, RunReport, Upscaled
+from .memory import model_cost, model_overlap
+from .tiles import MIN_TILE, axis_spans, count_tiles, round_tile
+
+log = logging.getLogger(__name__)
+
+HOME_BYTES_PER_OUTPUT_PIXEL = 4 * 4  # a tile's fp32 output (up to 4 channels) on its way to the host
+
+
+@dataclass
+class _Run:
+    """Per-call state shared by the tile loop."""
+
+    model: object
+    host: Host
+    device: torch.device
+    dtype: torch.dtype
+    scale: int
+    multiple: int
+    overlap: int
+    ran: RunReport
+    total_tiles: int = 0
+    done_tiles: int = 0
+    tile_cap: int = 0  # lowered after an OOM so later tiles do not fail the same way
+
+
+def upscale(images: torch.Tensor, model, choices: Choices | None = None, host: Host | None = None) -> Upscaled:
+    """Upscale a ``[B, H, W, C]`` float batch (0..1, ComfyUI's IMAGE layout) with ``model`` (a
+    spandrel ``ImageModelDescriptor``, ours or any other); see the module docstring."""
+    choices, host = choices or Choices(), host or Host()
+    settings.check_images(images)
+    settings.check_tile_choices(choices.tile_size, choices.overlap)
+    resample = settings.resample_method(choices.resample)
+    device = settings.resolve_device(host.device)
+    dtype = settings.resolve_precision(choices.precision, model, device)
+    batch, height, width, channels = images.shape
+    scale = int(model.scale)
+    target = settings.target_size(height, width, scale, choices.output_size, choices.output_scale)
+    out_device = torch.device(host.output_device)
+    settings.check_output_fits(batch, target, channels, host.output_dtype, host.free_memory(out_device))
+    passes = channel_passes(channels, model.input_channels)
+    multiple = max(1, int(model.size_requirements.multiple_of))
+    ran = RunReport(precision=settings.dtype_name(dtype), device=str(device))
+    try:
+        if host.make_room is not None:
+            host.make_room(device, _weight_bytes(model))
+        model.to(device)
+        model.eval()
+        with torch.inference_mode():
+            tile = _tile_size(model, choices.tile_size, host, device, dtype, (height, width), multiple)
+            overlap = min(model_overlap(model) if choices.overlap is None else choices.overlap, tile // 2)
+            ran.tile_size, ran.overlap = tile, overlap
+            run = _Run(model, host, device, dtype, scale, multiple, overlap, ran, tile_cap=tile)
+            run.total_tiles = batch * len(passes) * count_tiles(height, width, tile, overlap, multiple)
+            _report_progress(run)  # hosts show the bar before the first (possibly long) tile
+            out = torch.empty((batch, *target, channels), dtype=host.output_dtype, device=out_device)
+            model_size = (height * scale, width * scale)
+            # tiles accumulate straight into the result unless a resize or a dtype change follows
+            direct = target == model_size and host.output_dtype == torch.float32 and out_device.type == "cpu"
+            for b in range(batch):
+                dest = out[b] if direct else torch.empty((*model_size, channels), dtype=torch.float32)
+                _upscale_image(run, images[b], passes, dest, tile)
+                if not direct:
+                    out[b] = resize_images(dest.unsqueeze(0), target, resample)[0].to(host.output_dtype)
+    finally:
+        model.to(host.offload_device)  # hand the device back even on error or cancel
+    return Upscaled(out, ran)
+
+
+def _weight_bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in model.model.state_dict().values())
+
+
+def _tile_size(model, chosen: int | None, host: Host, device, dtype, image_hw, multiple: int) -> int:
+    """The user's tile, or the largest whose working set fits the free memory. Either way the
+    host is first asked to make room for it (an automatic one: up to ROOM_TILE_PIXELS)."""
+    if chosen is None or host.make_room is not None:
+        cost = model_cost(model, device, dtype, call_model)
+        per_pixel = cost.per_pixel + HOME_BYTES_PER_OUTPUT_PIXEL * int(model.scale) ** 2
+        pixels = chosen**2 if chosen is not None else min(image_hw[0] * image_hw[1], settings.ROOM_TILE_PIXELS)
+        if host.make_room is not None:
+            host.make_room(device, int(cost.fixed + per_pixel * pixels))
+        if chosen is None:
+            budget = settings.tile_budget(device, host.free_memory(device))
+            chosen = settings.auto_tile_size(image_hw, cost.fixed, per_pixel, budget)
+    return round_tile(chosen, multiple)
+
+
+def _upscale_image(run: _Run, image_hwc: torch.Tensor, passes: list[ChannelPass], dest: torch.Tensor, tile: int) -> None:
+    dest.zero_()
+    image_chw = image_hwc.movedim(-1, 0)
+    for p in passes:
+        source = gather(image_chw, p.source)
+        if p.dest == (3,) and is_constant(source):  # opaque (or uniform) alpha: no model pass
+            dest[..., 3] = source[0, 0, 0].clamp(0, 1)
+            run.done_tiles += count_tiles(*source.shape[1:], tile, run.overlap, run.multiple)
+            _report_progress(run)
+            continue
+
+        def emit(y0: int, x0: int, out: torch.Tensor, channels=p.dest) -> None:
+            _accumulate(dest, channels, y0, x0, out)
+
+        _tiled(run, source, tile, emit, report=True)
+
+
+def _accumulate(dest: torch.Tensor, channels: tuple[int, ...], y0: int, x0: int, tile_out: torch.Tensor) -> None:
+    h, w = tile_out.shape[-2:]
+    region = dest[y0 : y0 + h, x0 : x0 + w]
+    values = scatter(tile_out, len(channels)).movedim(0, -1)
+    if channels == tuple(range(dest.shape[-1])):
+        region += values
+    else:
+        for k, c in enumerate(channels):
+            region[..., c] += values[..., k]
+
+
+def _tiled(run: _Run, source: torch.Tensor, tile: int, emit, report: bool) -> None:
+    """Run ``source`` ([c, H, W], host) tile by tile and ``emit(y0, x0, weighted_output)`` in
+    output coordinates; the emitted parts sum to the blended result. ``report``: count the
+    tiles for progress (sub-tiles of an OOM split are not tiles of the plan)."""
+    _, height, width = source.shape
+    s = run.scale
+    rows = axis_spans(height, tile, run.overlap, s, run.multiple)
+    cols = axis_spans(width, tile, run.overlap, s, run.multiple)
+    for row in rows:
+        for col in cols:
+            if run.host.check_cancel is not None:
+                run.host.check_cancel()
+            out = _run_tile(run, source[:, row.start : row.end, col.start : col.end])
+            emit(row.start * s, col.start * s, out * (row.weight[:, None] * col.weight[None, :]))
+            if report:
+                run.done_tiles += 1
+                _report_progress(run)
+
+
+def _report_progress(run: _Run) -> None:
+    if run.host.progress is not None:
+        run.host.progress(min(run.done_tiles, run.total_tiles), run.total_tiles)
+
+
+def _run_tile(run: _Run, tile_in: torch.Tensor) -> torch.Tensor:
+    """One tile on the device; returns its fp32 output on the host. Too big for memory: the
+    same region again as smaller tiles. Half-precision output not finite: fp32 again."""
+    if max(tile_in.shape[-2:]) >= run.tile_cap + run.multiple:  # last tiles may run multiple - 1 over
+        return _split(run, tile_in, run.tile_cap)
+    try:
+        out = _forward(run, tile_in, run.dtype)
+        if run.dtype != torch.float32 and not bool(torch.isfinite(out).all()):
+            run.ran.fp32_reruns += 1
+            log.info("non-finite %s output in a tile; re-running it in fp32", settings.dtype_name(run.dtype))
+            if run.host.check_cancel is not None:
+                run.host.check_cancel()
+            out = _forward(run, tile_in, torch.float32)
+    except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
+        if not is_out_of_memory(e):
+            raise
+        return _retry_smaller(run, tile_in)
+    run.ran.tiles += 1
+    return torch.nan_to_num_(out, nan=0.0).clamp_(0, 1)
+
+
+def _retry_smaller(run: _Run, tile_in: torch.Tensor) -> torch.Tensor:
+    longest = max(tile_in.shape[-2:])
+    smaller = round_tile(longest // 2, run.multiple)
+    if smaller >= longest or smaller <= MIN_TILE // 2:
+        raise RealESRGANTiledError(
+            f"out of memory on {run.device} even with {longest} px tiles; "
+            "free memory, use a smaller tile_size, or run on the CPU"
+        ) from None
+    _release_cached(run.device)
+    run.ran.oom_retries += 1
+    run.tile_cap = min(run.tile_cap, smaller)  # later tiles go straight to the size that fits
+    log.warning("out of memory on a %dx%d tile; retrying just that tile as %d px tiles", *tile_in.shape[-2:], smaller)
+    return _split(run, tile_in, smaller)
+
+
+def _split(run: _Run, tile_in: torch.Tensor, tile: int) -> torch.Tensor:
+    """Upscale one region as smaller blended tiles; returns the region's result on the host."""
+    _, h, w = tile_in.shape
+    out = torch.zeros((run.model.output_channels, h * run.scale, w * run.scale))
+
+    def emit(y0: int, x0: int, part: torch.Tensor) -> None:
+        out[:, y0 : y0 + part.shape[1], x0 : x0 + part.shape[2]] += part
+
+    _tiled(run, tile_in, tile, emit, report=False)
+    return out
+
+
+def _forward(run: _Run, tile_in: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The raw (unclamped) model output for one tile, fp32 on the host."""
+    x = tile_in.to(run.device, non_blocking=True).unsqueeze(0).float()
+    x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0, 1)  # bad pixels never reach the net
+    with checking_cancel(run.host.check_cancel):  # our networks check between their windows too
+        if dtype == torch.float32:
+            y = call_model(run.model, x)
+        else:
+            with torch.autocast(device_type=run.device.type, dtype=dtype):
+                y = call_model(run.model, x)
+    return y[0].float().cpu()
+
+
+def call_model(descriptor, x: torch.Tensor) -> torch.Tensor:
+    """Like the descriptor's own call (pad to its size requirements, crop back) but without
+    its clamp, which would turn an fp16 overflow (inf) into plausible white pixels."""
+    h, w = x.shape[-2:]
+    pad_w, pad_h = descriptor.size_requirements.get_padding(w, h)
+    x = pad_bottom_right(x, pad_h, pad_w)
+    call = getattr(descriptor, "_call_fn", None) or (lambda model, image: model(image))
+    y = call(descriptor.model, x)
+    s = descriptor.scale
+    return y[..., : h * s, : w * s]
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's failure (a plain RuntimeError)."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    text = str(e).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def _release_cached(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

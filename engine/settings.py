@@ -1,0 +1,122 @@
+"""The engine's defaults and checks: device, precision, tile size, output size. Adapters pass
+the user's value or nothing; what "nothing" means is decided here only."""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from ..errors import InputImageError
+from ..resize import RESAMPLE_METHODS
+from .tiles import MIN_TILE, round_up
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DEFAULT_RESAMPLE = "lanczos"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CPU_WORKING_SET = 2 << 30  # CPU tile budget: x4plus inputs up to ~1.4 Mpx run as one tile
+ROOM_TILE_PIXELS = 512 * 512  # an automatic tile asks the host to free room for at most this
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str | None, model, device: torch.device) -> torch.dtype:
+    """auto: fp16 on CUDA when the model supports it (the NaN guard catches overflow),
+    else bf16, else fp32; fp32 on CPU. An explicit half precision the model does not
+    support falls back to fp32 with a warning."""
+    precision = "auto" if precision is None else precision
+    if precision not in PRECISIONS:
+        raise InputImageError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        if model.supports_half:
+            return torch.float16
+        if model.supports_bfloat16 and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    dtype = DTYPES[precision]
+    supported = {torch.float16: model.supports_half, torch.bfloat16: model.supports_bfloat16}.get(dtype, True)
+    if not supported:
+        log.warning("%s does not support %s; running in fp32", model.architecture.name, precision)
+        return torch.float32
+    return dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in DTYPES.items()}[dtype]
+
+
+def resample_method(resample: str | None) -> str:
+    method = DEFAULT_RESAMPLE if resample is None else resample
+    if method not in RESAMPLE_METHODS:
+        raise InputImageError(f"resample method {method!r} is not one of {', '.join(RESAMPLE_METHODS)}")
+    return method
+
+
+def check_tile_choices(tile_size: int | None, overlap: int | None) -> None:
+    if tile_size is not None and (not isinstance(tile_size, int) or tile_size < 1):
+        raise InputImageError(f"tile size must be a positive whole number of pixels, not {tile_size!r}")
+    if overlap is not None and (not isinstance(overlap, int) or overlap < 0):
+        raise InputImageError(f"overlap must be a whole number of pixels >= 0, not {overlap!r}")
+
+
+def tile_budget(device: torch.device, free: int) -> float:
+    """Memory a tile may use: CUDA: 60 % of what is free; CPU: 40 % of available RAM, at most
+    CPU_WORKING_SET."""
+    return free * 0.6 if device.type == "cuda" else min(free * 0.4, CPU_WORKING_SET)
+
+
+def auto_tile_size(image_hw: tuple[int, int], fixed: float, per_pixel: float, budget: float) -> int:
+    """The largest tile whose working set (``fixed + per_pixel * px``) fits the budget. When the
+    whole image fits, it is one tile: it computes no overlap twice and has no seams, and on CPU
+    our networks already walk large maps in cache-sized windows themselves."""
+    height, width = image_hw
+    budget -= fixed
+    if height * width * per_pixel <= budget:
+        return round_up(max(height, width), 8)
+    side = int(math.sqrt(max(budget, 0) / per_pixel))
+    return max(MIN_TILE, min(side, 4096))
+
+
+def target_size(h: int, w: int, scale: int, size, factor) -> tuple[int, int]:
+    if size is not None:
+        th, tw = int(size[0]), int(size[1])
+        if th < 1 or tw < 1:
+            raise InputImageError(f"output size {tw}x{th} is invalid: both sides must be at least 1 px")
+        return th, tw
+    if factor is not None:
+        if not factor > 0 or not math.isfinite(factor):
+            raise InputImageError(f"output scale {factor} is invalid: it must be a positive number")
+        return max(1, round(h * factor)), max(1, round(w * factor))
+    return h * scale, w * scale
+
+
+def check_output_fits(batch: int, size: tuple[int, int], channels: int, dtype: torch.dtype, free: int) -> None:
+    """Refuse up front a result that cannot fit in memory: Linux would hand out the pages
+    lazily and the OOM killer would end the whole host process (ComfyUI) half-way instead."""
+    needed = batch * size[0] * size[1] * channels * torch.tensor([], dtype=dtype).element_size()
+    if needed > free:
+        raise InputImageError(
+            f"the result ({batch} x {size[1]}x{size[0]} px, {channels} channels) needs {needed / 2**30:.1f} GiB "
+            f"but only {free / 2**30:.1f} GiB of memory is free; upscale fewer frames at once or to a smaller size"
+        )
+
+
+def check_images(images) -> None:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise InputImageError(f"image batch must be a [batch, height, width, channels] tensor, got {shape}")
+    b, h, w, c = images.shape
+    if h < 1 or w < 1:
+        raise InputImageError(f"image is empty ({w}x{h} px)")
+    if c not in (1, 3, 4):
+        raise InputImageError(f"image has {c} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)")
+    if not images.is_floating_point():
+        raise InputImageError(f"image tensor has dtype {images.dtype}; expected float values in 0..1")
