@@ -55,9 +55,9 @@ def measured_cost(model, device: torch.device, dtype: torch.dtype, call) -> Cost
     costs = _measured.setdefault(model.model, {})
     key = (str(device), dtype)
     if key not in costs:
-        sides = [_probe_side(model, s) for s in PROBE_SIDES]
-        peaks = [peak_bytes(lambda x=_probe(model, side, device, dtype): call(model, x), device) for side in sides]
-        pixels = [s * s for s in sides]
+        sides = [_probe_side(model, side) for side in PROBE_SIDES]
+        peaks = [_probe_peak(model, side, device, dtype, call) for side in sides]
+        pixels = [side * side for side in sides]
         per_pixel = max(0.0, (peaks[1] - peaks[0]) / (pixels[1] - pixels[0]))
         fixed = max(0.0, peaks[0] - per_pixel * pixels[0])
         costs[key] = Cost(fixed * PROBE_MARGIN, per_pixel * PROBE_MARGIN)
@@ -70,9 +70,15 @@ def _probe_side(model, side: int) -> int:
     return math.ceil(max(side, req.minimum) / multiple) * multiple
 
 
-def _probe(model, side: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(0)
-    return torch.rand((1, model.input_channels, side, side), generator=generator).to(device, dtype)
+def _probe_peak(model, side: int, device: torch.device, dtype: torch.dtype, call) -> int:
+    """Peak bytes of one square tile, run as the engine runs tiles (fp32 in, autocast to ``dtype``)."""
+    x = torch.rand((1, model.input_channels, side, side), generator=torch.Generator().manual_seed(0)).to(device)
+
+    def run() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            call(model, x)
+
+    return peak_bytes(run, device)
 
 
 def peak_bytes(fn, device: torch.device) -> int:

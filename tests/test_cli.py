@@ -11,11 +11,10 @@ import torch
 from PIL import Image
 
 from realesrgan_tiled.archs import SRVGGNetCompact
-from realesrgan_tiled.engine import upscale_images
 from realesrgan_tiled.image_files import read_image
 from realesrgan_tiled.loading import load_model
 
-from .conftest import photo
+from .conftest import photo, upscaled
 
 
 def cli(*args, cwd=None):
@@ -90,7 +89,7 @@ def test_upscale_mixed_inputs_writes_each_and_reports_the_bad_one(tmp_path, smal
         source = next(src.glob(f"{name}.*"))
         result = Image.open(out / f"{name}.png")
         assert result.mode == mode and result.size == (48, 40)
-        expected = upscale_images(model, read_image(source).pixels)[0]
+        expected = upscaled(model, read_image(source).pixels)[0]
         got = torch.from_numpy(np.asarray(result, dtype=np.float32) / 255).reshape(expected.shape)
         assert (got - expected).abs().max() <= 1 / 255 + 1e-6  # only 8-bit rounding
 
@@ -105,7 +104,7 @@ def test_sixteen_bit_png_stays_sixteen_bit(tmp_path, small_model):
     width, height, rows, info = png.Reader(filename=str(tmp_path / "out" / "deep.png")).asDirect()
     assert info["bitdepth"] == 16 and (width, height) == (24, 20)
     got = np.vstack([np.asarray(r, dtype=np.float64) for r in rows]).reshape(20, 24, 3) / 65535
-    expected = upscale_images(load_model(small_model), torch.from_numpy(arr.astype(np.float32) / 65535)[None])[0]
+    expected = upscaled(load_model(small_model), torch.from_numpy(arr.astype(np.float32) / 65535)[None])[0]
     assert np.abs(got - expected.numpy()).max() <= 1 / 65535 + 1e-6
 
 

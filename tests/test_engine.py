@@ -6,22 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from realesrgan_tiled.archs import RRDBNet, RRDBNetPlan, SRVGGNetCompact, SRVGGPlan
 from realesrgan_tiled.bundled_models import bundled_model_path
-from realesrgan_tiled.archs import RRDBNet, SRVGGNetCompact
-from realesrgan_tiled.engine import (
-    UpscaleStats,
-    axis_spans,
-    call_model,
-    channel_passes,
-    tile_starts,
-    upscale_images,
-)
+from realesrgan_tiled.engine import call_model
+from realesrgan_tiled.engine.channels import channel_passes
+from realesrgan_tiled.engine.tiles import MIN_TILE, axis_spans, tile_starts
 from realesrgan_tiled.errors import InputImageError, RealESRGANTiledError
 from realesrgan_tiled.loading import build_descriptor, load_model
 from realesrgan_tiled.resize import resize_images
 from realesrgan_tiled.sniff import sniff
 
-from .conftest import photo, psnr
+from .conftest import photo, psnr, run_engine, upscaled
 
 
 def _descriptor(net: torch.nn.Module):
@@ -76,7 +71,7 @@ def test_tile_starts_single_tile_when_image_is_small():
 def test_tiled_equals_untiled_for_finite_receptive_field(compact):
     images = photo("astronaut", (70, 90)).repeat(2, 1, 1, 1)
     images[1] = images[1].flip(1)
-    tiled = upscale_images(compact, images, tile_size=32, overlap=16)
+    tiled = upscaled(compact, images, tile_size=32, overlap=16)
     assert (tiled - _direct(compact, images)).abs().max() < 1e-5
 
 
@@ -90,10 +85,10 @@ def test_real_rrdbnet_tiled_vs_whole_image_psnr(name):
     wider than any overlap, so this measures the blending, not just bookkeeping."""
     model = load_model(bundled_model_path(name))
     image = photo("astronaut", (112, 160))
-    whole = upscale_images(model, image, tile_size=512)
-    stats = UpscaleStats()
-    tiled = upscale_images(model, image, tile_size=96, stats=stats)  # automatic overlap
-    assert stats.tiles >= 4
+    whole = upscaled(model, image, tile_size=512)
+    result = run_engine(model, image, tile_size=96)  # automatic overlap
+    tiled = result.images
+    assert result.ran.tiles >= 4
     assert psnr(tiled, whole) >= 50
     diff = (tiled - whole)[0].abs().mean(-1)
     worst_row, worst_col = diff.mean(1).max().item(), diff.mean(0).max().item()
@@ -105,7 +100,7 @@ def test_unshuffle_model_tiles_align_with_pixel_groups():
     net = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4, num_upsample=2, unshuffle=2)  # an x2 model
     model = _descriptor(net)
     image = torch.rand(1, 45, 51, 3)
-    tiled = upscale_images(model, image, tile_size=24, overlap=12)
+    tiled = upscaled(model, image, tile_size=24, overlap=12)
     assert tiled.shape == (1, 90, 102, 3)
     assert psnr(tiled, _direct(model, image)) > 40
 
@@ -113,7 +108,7 @@ def test_unshuffle_model_tiles_align_with_pixel_groups():
 @pytest.mark.parametrize("size", [(1, 1), (2, 3), (3, 2), (1, 17), (9, 5)])
 def test_tiny_inputs_match_direct_call(compact, size):
     image = torch.rand(1, *size, 3)
-    out = upscale_images(compact, image)
+    out = upscaled(compact, image)
     assert out.shape == (1, size[0] * 4, size[1] * 4, 3)
     assert (out - _direct(compact, image)).abs().max() < 1e-6
 
@@ -122,7 +117,7 @@ def test_tiny_inputs_match_direct_call(compact, size):
 
 def test_rgba_keeps_alpha_upscaled_with_the_model(compact):
     image = torch.rand(1, 20, 50, 4)
-    out = upscale_images(compact, image, tile_size=32, overlap=16)
+    out = upscaled(compact, image, tile_size=32, overlap=16)
     assert out.shape == (1, 80, 200, 4)
     assert (out[..., :3] - _direct(compact, image[..., :3])).abs().max() < 1e-5
     alpha_as_rgb = image[..., 3:].expand(-1, -1, -1, 3)
@@ -132,13 +127,13 @@ def test_rgba_keeps_alpha_upscaled_with_the_model(compact):
 def test_opaque_alpha_stays_exactly_opaque(compact):
     image = torch.rand(1, 12, 10, 4)
     image[..., 3] = 1.0
-    out = upscale_images(compact, image)
+    out = upscaled(compact, image)
     assert bool((out[..., 3] == 1.0).all())
 
 
 def test_gray_image_runs_as_gray_rgb(compact):
     image = torch.rand(1, 11, 13, 1)
-    out = upscale_images(compact, image)
+    out = upscaled(compact, image)
     assert out.shape == (1, 44, 52, 1)
     assert (out[..., 0] - _direct(compact, image.expand(-1, -1, -1, 3)).mean(-1)).abs().max() < 1e-5
 
@@ -153,14 +148,14 @@ def test_channel_passes_respect_model_channels():
 
 def test_output_scale_is_a_high_quality_resize_of_the_model_output(compact):
     image = torch.rand(1, 16, 18, 3)
-    out = upscale_images(compact, image, output_scale=1.5)
+    out = upscaled(compact, image, output_scale=1.5)
     assert out.shape == (1, 24, 27, 3)
     expected = resize_images(_direct(compact, image), (24, 27), "lanczos")
     assert (out - expected).abs().max() < 1e-5
 
 
 def test_exact_output_size(compact):
-    out = upscale_images(compact, torch.rand(2, 10, 10, 3), output_size=(33, 17), resample="bicubic")
+    out = upscaled(compact, torch.rand(2, 10, 10, 3), output_size=(33, 17), resample="bicubic")
     assert out.shape == (2, 33, 17, 3)
 
 
@@ -168,7 +163,7 @@ def test_nan_and_out_of_range_pixels_give_finite_output(compact):
     image = torch.rand(1, 12, 12, 3) * 3 - 1
     image[0, 3, 4] = float("nan")
     image[0, 5, 6, 1] = float("inf")
-    out = upscale_images(compact, image)
+    out = upscaled(compact, image)
     assert bool(torch.isfinite(out).all()) and out.min() >= 0 and out.max() <= 1
     assert (out - _direct(compact, torch.nan_to_num(image, 0, 1, 0).clamp(0, 1))).abs().max() < 1e-5
 
@@ -177,35 +172,34 @@ def test_nan_and_out_of_range_pixels_give_finite_output(compact):
                                  torch.randint(0, 255, (1, 4, 4, 3))])
 def test_bad_image_tensors_get_clear_errors(compact, bad):
     with pytest.raises(InputImageError):
-        upscale_images(compact, bad)
+        upscaled(compact, bad)
 
 
 def test_unknown_precision_is_refused(compact):
     with pytest.raises(InputImageError, match="precision"):
-        upscale_images(compact, torch.rand(1, 4, 4, 3), precision="fp8")
+        upscaled(compact, torch.rand(1, 4, 4, 3), precision="fp8")
 
 
 # ---- OOM, precision guard, cancel, streaming ----------------------------------------------
 
-class _Spy(torch.nn.Module):
-    """Wraps a network: records every input it sees and can fail on chosen ones."""
+class _Spy:
+    """Wraps a descriptor's call: records every input it sees and can fail on chosen ones."""
 
-    def __init__(self, net, fail=None):
-        super().__init__()
-        self.net, self.fail, self.calls = net, fail, []
+    def __init__(self, call, fail=None):
+        self.call, self.fail, self.calls = call, fail, []
 
-    def forward(self, x):
+    def __call__(self, module, x):
         self.calls.append((tuple(x.shape), torch.is_autocast_enabled(x.device.type)))
         if self.fail is not None:
             err = self.fail(x)
             if err is not None:
                 raise err
-        return self.net(x)
+        return self.call(module, x)
 
 
 def _spy_descriptor(model, fail=None):
-    spy = _Spy(model.model, fail)
-    model._model = spy
+    spy = _Spy(model._call_fn, fail)
+    model._call_fn = spy
     return model, spy
 
 
@@ -223,9 +217,9 @@ def test_oom_retries_only_the_failed_tile_and_keeps_done_work(compact):
     image = torch.rand(1, 100, 100, 3)
     expected = _direct(compact, image)
     model, spy = _spy_descriptor(_descriptor(compact.model), fail)
-    stats = UpscaleStats()
-    out = upscale_images(model, image, tile_size=64, overlap=16, stats=stats)
-    assert stats.oom_retries == 1
+    result = run_engine(model, image, tile_size=64, overlap=16)
+    out = result.images
+    assert result.ran.oom_retries == 1
     sizes = [shape[-2:] for shape, _ in spy.calls]
     assert sizes[:3] == [(64, 64), (64, 64), (64, 64)]  # the third is the one that failed
     assert all(max(s) <= 32 for s in sizes[3:]) and len(sizes) > 4
@@ -236,13 +230,13 @@ def test_oom_retries_only_the_failed_tile_and_keeps_done_work(compact):
 def test_oom_that_never_goes_away_is_a_clear_error(compact, size, tile, overlap):
     model, _ = _spy_descriptor(_descriptor(compact.model), lambda x: torch.OutOfMemoryError("out of memory"))
     with pytest.raises(RealESRGANTiledError, match="out of memory"):
-        upscale_images(model, torch.rand(1, *size, 3), tile_size=tile, overlap=overlap)
+        upscaled(model, torch.rand(1, *size, 3), tile_size=tile, overlap=overlap)
 
 
 def test_non_oom_errors_propagate(compact):
     model, _ = _spy_descriptor(_descriptor(compact.model), lambda x: ValueError("broken model"))
     with pytest.raises(ValueError, match="broken model"):
-        upscale_images(model, torch.rand(1, 8, 8, 3))
+        upscaled(model, torch.rand(1, 8, 8, 3))
 
 
 class _OverflowsInHalf(torch.nn.Module):
@@ -263,7 +257,7 @@ class _OverflowsInHalf(torch.nn.Module):
 
 def _wrap(net, scale=4):
     from spandrel import ImageModelDescriptor, SizeRequirements
-    from realesrgan_tiled.loading import ARCHITECTURES
+    from realesrgan_tiled.archs import ARCHITECTURES
 
     return ImageModelDescriptor(net, net.state_dict(), architecture=ARCHITECTURES["RRDBNet"], purpose="SR",
                                 tags=[], supports_half=True, supports_bfloat16=True, scale=scale,
@@ -274,12 +268,12 @@ def _wrap(net, scale=4):
 def test_half_precision_overflow_reruns_in_fp32(precision):
     model = _wrap(_OverflowsInHalf())
     image = torch.rand(1, 20, 20, 3)
-    stats = UpscaleStats()
-    out = upscale_images(model, image, tile_size=16, overlap=8, precision=precision, stats=stats)
-    fp32 = upscale_images(model, image, tile_size=16, overlap=8, precision="fp32")
+    result = run_engine(model, image, tile_size=16, overlap=8, precision=precision)
+    out, ran = result.images, result.ran
+    fp32 = upscaled(model, image, tile_size=16, overlap=8, precision="fp32")
     assert bool(torch.isfinite(out).all())
     if precision == "fp16":  # bf16 has fp32's range: no overflow, no re-run
-        assert stats.fp32_reruns == stats.tiles == 4
+        assert ran.fp32_reruns == ran.tiles == 4
     assert (out - fp32).abs().max() < 1e-2
 
 
@@ -287,25 +281,21 @@ def test_nan_in_one_half_precision_tile_reruns_only_that_tile(compact):
     image = torch.rand(1, 48, 48, 3)
     image[0, :16, :16] = 0.25  # marks the first tile's input
 
-    def poison(x):
-        return None
+    model, spy = _spy_descriptor(_descriptor(compact.model))
+    inner = spy.call
 
-    model, spy = _spy_descriptor(_descriptor(compact.model), poison)
-    inner = spy.net
+    def poisoned(module, x):
+        y = inner(module, x)
+        if torch.is_autocast_enabled(x.device.type) and bool((x[..., :4, :4] == 0.25).all()):
+            y = y.clone()
+            y[..., 5, 7] = float("nan")
+        return y
 
-    class Poisoned(torch.nn.Module):
-        def forward(self, x):
-            y = inner(x)
-            if torch.is_autocast_enabled(x.device.type) and bool((x[..., :4, :4] == 0.25).all()):
-                y = y.clone()
-                y[..., 5, 7] = float("nan")
-            return y
-
-    spy.net = Poisoned()
-    stats = UpscaleStats()
-    out = upscale_images(model, image, tile_size=32, overlap=16, precision="bf16", stats=stats)
-    fp32 = upscale_images(model, image, tile_size=32, overlap=16, precision="fp32")
-    assert stats.fp32_reruns == 1
+    spy.call = poisoned
+    result = run_engine(model, image, tile_size=32, overlap=16, precision="bf16")
+    out = result.images
+    fp32 = upscaled(model, image, tile_size=32, overlap=16, precision="fp32")
+    assert result.ran.fp32_reruns == 1
     fp32_calls = [c for c in spy.calls if not c[1]]
     assert len(fp32_calls) == 1 + 4  # the one re-run, plus the 4 tiles of the fp32 reference run
     assert bool(torch.isfinite(out).all())
@@ -335,7 +325,7 @@ def test_cancel_stops_within_one_tile_and_offloads_the_model(compact):
     model.to = lambda *a, **k: (moves.append(a), original_to(*a, **k))[1]
 
     with pytest.raises(_Stop):
-        upscale_images(model, torch.rand(1, 64, 64, 3), tile_size=32, overlap=8, check_cancel=_CancelOnCall(3))
+        upscaled(model, torch.rand(1, 64, 64, 3), tile_size=32, overlap=8, check_cancel=_CancelOnCall(3))
     assert len(spy.calls) == 2  # two tiles ran, the third never started
     assert moves[-1] == ("cpu",)  # offloaded in `finally`
 
@@ -344,41 +334,35 @@ def test_cancel_stops_within_one_tile_and_offloads_the_model(compact):
 def test_cancel_reaches_inside_a_one_tile_image(monkeypatch, arch):
     """On CPU one tile may be the whole image (minutes for x4plus); our networks run it in
     windows and call the host's cancel check before each, so a cancel stops mid-tile. Also
-    on the worker-thread path (two intra-op threads) and for the RRDB tail."""
-    from realesrgan_tiled.archs import RRDBNet, blocks, rrdbnet, srvgg
+    on the worker-thread path (two window workers)."""
+    from realesrgan_tiled.archs import windows
 
-    module = rrdbnet if arch == "rrdbnet" else srvgg
-    monkeypatch.setattr(module, "WHOLE_MAP_MAX_PIXELS", 0)
-    monkeypatch.setattr(module, "BLOCK", 8 if arch == "rrdbnet" else (8, 8))
     torch.manual_seed(0)
-    net = RRDBNet(num_feat=8, num_block=2, num_grow_ch=4) if arch == "rrdbnet" else SRVGGNetCompact(num_feat=8, num_conv=2)
+    if arch == "rrdbnet":
+        net, plan = RRDBNet(num_feat=8, num_block=2, num_grow_ch=4), RRDBNetPlan(trunk_window=8, whole_map_max_pixels=0, threads=2)
+    else:
+        net, plan = SRVGGNetCompact(num_feat=8, num_conv=2), SRVGGPlan(window=(8, 8), whole_map_max_pixels=0)
     model = _descriptor(net.eval())
+    model.plan = plan
     loads = []
-    real_load = blocks.Window.load
-    monkeypatch.setattr(blocks.Window, "load", lambda *a: loads.append(1) or real_load(*a))
+    real_load = windows.Window.load
+    monkeypatch.setattr(windows.Window, "load", lambda *a: loads.append(1) or real_load(*a))
 
     check_cancel = _CancelOnCall(12)
     image = torch.rand(1, 48, 40, 3)
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        upscale_images(model, image)  # one tile; counts the windows of a full run
-        full_run = len(loads)
-        loads.clear()
-        stats = UpscaleStats()
-        with pytest.raises(_Stop):
-            upscale_images(model, image, check_cancel=check_cancel, stats=stats)
-    finally:
-        torch.set_num_threads(threads_before)
-    assert stats.tile_size >= 48 and full_run > 12
-    assert len(loads) < 12 + torch.get_num_threads(), "windows kept running after the cancel"
-    # the tail's windows are covered too: a cancel on the last checks still stops the network
+    full = run_engine(model, image)  # one tile; counts the windows of a full run
+    full_run = len(loads)
+    loads.clear()
+    with pytest.raises(_Stop):
+        upscaled(model, image, check_cancel=check_cancel)
+    assert full.ran.tiles == 1 and full_run > 12
+    assert len(loads) < 12 + 2, "windows kept running after the cancel"
     assert check_cancel.calls == 12
 
 
 def test_progress_reports_every_tile(compact):
     seen = []
-    upscale_images(compact, torch.rand(2, 40, 40, 3), tile_size=24, overlap=8, progress=lambda d, t: seen.append((d, t)))
+    upscaled(compact, torch.rand(2, 40, 40, 3), tile_size=24, overlap=8, progress=lambda d, t: seen.append((d, t)))
     total = seen[0][1]
     assert [d for d, _ in seen] == list(range(0, total + 1)) and total == 2 * 4
 
@@ -388,30 +372,44 @@ def test_batch_streams_one_tile_at_a_time(compact):
     than the tile, and the output is allocated once on the host."""
     model, spy = _spy_descriptor(_descriptor(compact.model))
     frames = torch.rand(64, 40, 40, 3)
-    out = upscale_images(model, frames, tile_size=32, overlap=16)
+    out = upscaled(model, frames, tile_size=32, overlap=16)
     assert out.shape == (64, 160, 160, 3)
     assert all(shape[0] == 1 and max(shape[-2:]) <= 32 for shape, _ in spy.calls)
     assert (out[17] - _direct(compact, frames[17:18])[0]).abs().max() < 1e-5
 
 
-def test_auto_tile_is_whole_image_when_it_fits_else_bounded_by_free_memory(monkeypatch, compact):
-    import realesrgan_tiled.engine as engine
+def test_auto_tile_is_whole_image_when_it_fits_else_bounded_by_free_memory(compact):
+    """The host's free memory decides: plenty -> one tile, no overlap; 64 MiB -> tiles whose
+    working set (the model's cost profile) fits 40 % of it."""
+    plenty = run_engine(compact, torch.rand(1, 96, 128, 3), free_memory=lambda device: 8 << 30).ran
+    assert plenty.tiles == 1 and plenty.tile_size == 128
+    tight = run_engine(compact, torch.rand(1, 300, 200, 3), free_memory=lambda device: 64 << 20).ran
+    cost = compact.cost(torch.device("cpu"), 4)
+    per_pixel = cost.per_pixel + 16 * 4**2  # and the tile's fp32 trip home
+    assert tight.tiles > 1 and MIN_TILE <= tight.tile_size < 300
+    assert cost.fixed + tight.tile_size**2 * per_pixel <= 0.4 * (64 << 20)
 
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(engine, "_free_memory", lambda device: 8 << 30)
-    assert engine.auto_tile_size(compact, cpu, torch.float32, (512, 768)) == 768  # one tile, no overlap
-    monkeypatch.setattr(engine, "_free_memory", lambda device: 64 << 20)
-    tile = engine.auto_tile_size(compact, cpu, torch.float32, (4096, 4096))
-    per_pixel = engine.activation_bytes_per_pixel(compact, 4)
-    assert engine.MIN_TILE <= tile < 4096 and tile * tile * per_pixel <= 0.4 * (64 << 20)
-    stats = UpscaleStats()
-    upscale_images(compact, torch.rand(1, 300, 200, 3), stats=stats)
-    assert stats.tiles > 1 and stats.tile_size == tile  # auto tiling under a tight budget
+
+def test_host_is_asked_to_make_room_for_the_weights_then_the_working_set(compact):
+    asked = []
+    ran = run_engine(compact, torch.rand(1, 40, 40, 3), tile_size=32,
+                     make_room=lambda device, n: asked.append((device.type, n))).ran
+    weights = sum(t.numel() * 4 for t in compact.model.state_dict().values())
+    cost = compact.cost(torch.device("cpu"), 4)
+    assert asked[0] == ("cpu", weights)
+    assert asked[1][1] == int(cost.fixed + 32 * 32 * (cost.per_pixel + 16 * 16)) and len(asked) == 2
+    assert ran.tile_size == 32
+
+
+@pytest.mark.parametrize("choices", [dict(tile_size=0), dict(tile_size=-5), dict(overlap=-1), dict(resample="sharp")])
+def test_bad_choices_get_clear_errors(compact, choices):
+    with pytest.raises(InputImageError):
+        upscaled(compact, torch.rand(1, 8, 8, 3), **choices)
 
 
 def test_progress_reaches_total_when_an_opaque_alpha_skips_its_pass(compact):
     image = torch.rand(1, 40, 40, 4)
     image[..., 3] = 1.0
     seen = []
-    upscale_images(compact, image, tile_size=24, overlap=8, progress=lambda d, t: seen.append((d, t)))
+    upscaled(compact, image, tile_size=24, overlap=8, progress=lambda d, t: seen.append((d, t)))
     assert seen[-1][0] == seen[-1][1] == 8  # 4 RGB tiles + the 4 alpha tiles it did not need

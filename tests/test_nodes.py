@@ -9,9 +9,8 @@ import types
 import pytest
 import torch
 
-from .conftest import photo, psnr
+from .conftest import photo, psnr, upscaled
 from realesrgan_tiled import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from realesrgan_tiled.engine import upscale_images
 from realesrgan_tiled.errors import ModelLoadError, RealESRGANTiledError
 from realesrgan_tiled.nodes import upscale as upscale_module
 from realesrgan_tiled.nodes import _host
@@ -163,7 +162,7 @@ def test_tiled_node_matches_engine_rgba_and_reports_progress(fake_comfy, anime_x
     rgba = torch.cat([img, torch.linspace(0, 1, 32).expand(1, 24, 32).unsqueeze(-1)], -1)
     (out,) = UpscaleImageTiled().upscale(anime_x2, rgba, 16, 0, "auto")
     assert out.shape == (1, 48, 64, 4)
-    expected = upscale_images(anime_x2, rgba, tile_size=16, device="cpu")
+    expected = upscaled(anime_x2, rgba, tile_size=16, device="cpu")
     assert torch.equal(out, expected)
     assert fake_comfy["progress"] and fake_comfy["progress"][-1][0] == fake_comfy["progress"][-1][1]
     assert fake_comfy["checks"] >= fake_comfy["progress"][-1][1]  # the cancel check ran before every tile
@@ -183,7 +182,7 @@ def test_hires_model_path_report(fake_comfy, anime_x2):
     assert out.shape == (1, 40, 48, 3)
     assert report.startswith("model realesr-animevideov3-x2: 32x24 -> 48x40"), report
     assert latent is None  # no ComfyUI: no ExecutionBlocker to return (in ComfyUI, consumers are blocked)
-    assert psnr(out, upscale_images(anime_x2, img, device="cpu", output_size=(40, 48))) > 60
+    assert psnr(out, upscaled(anime_x2, img, device="cpu", output_size=(40, 48))) > 60
 
 
 class FailingModel:
@@ -193,7 +192,7 @@ class FailingModel:
         self.exc, self.scale, self.input_channels, self.output_channels = exc, 2, 3, 3
         self.supports_half = self.supports_bfloat16 = False
         self.size_requirements = types.SimpleNamespace(multiple_of=1, get_padding=lambda w, h: (0, 0))
-        self.model = types.SimpleNamespace(hyperparameters={"num_conv": 16, "num_feat": 64, "num_in_ch": 3, "num_out_ch": 3, "upscale": 2})
+        self.model = torch.nn.Conv2d(3, 12, 1)
         self.architecture = types.SimpleNamespace(name="Failing")
 
     def to(self, *a, **k):

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from realesrgan_tiled.archs import SRVGGNetCompact
-from realesrgan_tiled.engine import UpscaleStats, upscale_images
+from realesrgan_tiled.errors import InputImageError
 from realesrgan_tiled.loading import load_model
 
+from .conftest import upscaled
 from .test_engine import _OverflowsInHalf, _spy_descriptor, _wrap
 
 
@@ -33,15 +34,15 @@ def compact_file(tmp_path_factory):
 
 MEASURE = textwrap.dedent("""
     import json, resource, sys, torch
-    from realesrgan_tiled.engine import upscale_images
+    from realesrgan_tiled.engine import upscale, Choices
     from realesrgan_tiled.loading import load_model
     torch.set_num_threads(1)
     model = load_model(sys.argv[1])
     h, w, tile = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     image = torch.rand(1, h, w, 3)
-    upscale_images(model, torch.rand(1, 64, 64, 3), tile_size=tile)  # warm up allocator and kernels
+    upscale(torch.rand(1, 64, 64, 3), model, Choices(tile_size=tile))  # warm up allocator and kernels
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    out = upscale_images(model, image, tile_size=tile)
+    out = upscale(image, model, Choices(tile_size=tile)).images
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"growth": after - before, "output": out.numel() * out.element_size()}))
 """)
@@ -63,14 +64,14 @@ def test_peak_memory_is_output_plus_a_bounded_working_set(compact_file):
 def test_four_hundred_frames_stream_one_tile_at_a_time(compact_file):
     model, spy = _spy_descriptor(load_model(compact_file))
     frames = torch.rand(400, 12, 12, 3)
-    out = upscale_images(model, frames)
+    out = upscaled(model, frames)
     assert out.shape == (400, 48, 48, 3)
     assert len(spy.calls) == 400 and all(shape[0] == 1 for shape, _ in spy.calls)
 
 
 def test_cancel_during_the_fp32_rerun_then_next_run_matches_a_fresh_model():
-    model = _wrap(_OverflowsInHalf())
-    image = torch.rand(1, 20, 20, 3)
+    model, spy = _spy_descriptor(_wrap(_OverflowsInHalf()))
+    image = torch.rand(1, 20, 20, 3)  # one tile
     checks = {"n": 0}
 
     class Stop(Exception):
@@ -81,12 +82,13 @@ def test_cancel_during_the_fp32_rerun_then_next_run_matches_a_fresh_model():
         if checks["n"] == 2:  # 1: before the tile, 2: before its fp32 re-run
             raise Stop()
 
-    stats = UpscaleStats()
     with pytest.raises(Stop):
-        upscale_images(model, image, precision="fp16", check_cancel=cancel_at_rerun, stats=stats)
-    assert stats.fp32_reruns == 1 and model.device.type == "cpu"
-    again = upscale_images(model, image, precision="fp16")
-    fresh = upscale_images(_wrap(_OverflowsInHalf()), image, precision="fp16")
+        upscaled(model, image, tile_size=20, precision="fp16", check_cancel=cancel_at_rerun)
+    assert [autocast for _, autocast in spy.calls] == [True]  # the fp16 tile ran, its fp32 re-run did not
+    assert checks["n"] == 2 and model.device.type == "cpu"
+    spy.calls.clear()
+    again = upscaled(model, image, precision="fp16")
+    fresh = upscaled(_wrap(_OverflowsInHalf()), image, precision="fp16")
     assert torch.equal(again, fresh)
 
 
@@ -101,10 +103,10 @@ def test_cancel_mid_tile_leaves_no_state_behind(compact_file):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        upscale_images(model, image, tile_size=24, overlap=8, check_cancel=cancel_third)
+        upscaled(model, image, tile_size=24, overlap=8, check_cancel=cancel_third)
     assert not model.model.training and model.device.type == "cpu"
-    assert torch.equal(upscale_images(model, image, tile_size=24, overlap=8),
-                       upscale_images(load_model(compact_file), image, tile_size=24, overlap=8))
+    assert torch.equal(upscaled(model, image, tile_size=24, overlap=8),
+                       upscaled(load_model(compact_file), image, tile_size=24, overlap=8))
 
 
 def test_ctrl_c_while_loading_exits_cleanly(tmp_path, x4plus_path):
@@ -136,14 +138,11 @@ def test_ctrl_c_while_loading_exits_cleanly(tmp_path, x4plus_path):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_result_larger_than_free_memory_is_refused_before_any_work(monkeypatch, compact_file):
+def test_result_larger_than_free_memory_is_refused_before_any_work(compact_file):
     """The issue's 16384x16384 x4 case: 65536^2 x 3 fp32 = 48 GiB of result. On a host with
     less free memory it must be one clear error up front, not an OOM kill half-way."""
-    import realesrgan_tiled.engine as engine
-
-    monkeypatch.setattr(engine, "_free_memory", lambda device: 24 << 30)
     model, spy = _spy_descriptor(load_model(compact_file))
     huge = torch.zeros(1, 1, 1, 3).expand(1, 16384, 16384, 3)  # no memory behind it
-    with pytest.raises(engine.InputImageError, match=r"needs 48\.0 GiB but only 24\.0 GiB"):
-        upscale_images(model, huge)
+    with pytest.raises(InputImageError, match=r"needs 48\.0 GiB but only 24\.0 GiB"):
+        upscaled(model, huge, free_memory=lambda device: 24 << 30)
     assert spy.calls == []

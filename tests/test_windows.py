@@ -1,4 +1,4 @@
-"""Window geometry of ``archs/blocks.py``: the networks' exactness rests on it."""
+"""Window geometry and worker threads of ``archs/windows.py``: the networks' exactness rests on it."""
 from __future__ import annotations
 
 import threading
@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from realesrgan_tiled.archs.blocks import even_spans, windows
+from realesrgan_tiled.archs import RRDBNetPlan, SRVGGPlan
+from realesrgan_tiled.archs.windows import Window, even_spans, for_each_window, windows
 
 
 @settings(max_examples=200, deadline=None)
@@ -69,22 +70,18 @@ def test_windows_on_worker_threads_equal_the_callers_thread(monkeypatch, threads
     """Two intra-op threads: windows run on the pool, each worker single-threaded. The result
     equals running every window in the caller's thread, the caller's thread count is unchanged,
     and the caller's inference mode / autocast reach the workers (thread-local in torch)."""
-    from realesrgan_tiled.archs import blocks, rrdbnet, srvgg
-
-    for module, block in ((rrdbnet, 7), (srvgg, (6, 9))):
-        monkeypatch.setattr(module, "WHOLE_MAP_MAX_PIXELS", 0)
-        monkeypatch.setattr(module, "BLOCK", block)
-    monkeypatch.setattr(rrdbnet, "TAIL_BLOCK", 5)
+    plans = (RRDBNetPlan(trunk_window=7, whole_map_max_pixels=0, tail_window=5),
+             SRVGGPlan(window=(6, 9), whole_map_max_pixels=0))
     worker_names = set()
-    real_load = blocks.Window.load
-    monkeypatch.setattr(blocks.Window, "load", lambda *a: worker_names.add(threading.current_thread().name) or real_load(*a))
+    real_load = Window.load
+    monkeypatch.setattr(Window, "load", lambda *a: worker_names.add(threading.current_thread().name) or real_load(*a))
     x = torch.rand(1, 3, 23, 31)
 
     def run(n_threads):
         threads(n_threads)
         mode = torch.inference_mode() if modes == "inference" else torch.no_grad()
         with mode, torch.autocast("cpu", dtype=torch.bfloat16, enabled=modes != "inference"):
-            outs = [net(x) for net in _nets()]
+            outs = [plan.run(net, x) for plan, net in zip(plans, _nets())]
         assert torch.get_num_threads() == n_threads
         return outs
 
@@ -101,8 +98,6 @@ def test_windows_on_worker_threads_equal_the_callers_thread(monkeypatch, threads
 
 
 def test_an_error_in_one_window_skips_the_rest_and_surfaces_once_none_is_running(threads):
-    from realesrgan_tiled.archs.blocks import for_each_window
-
     threads(2)
     wins = list(windows(40, 40, (8, 8), 1))
     done = []

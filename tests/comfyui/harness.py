@@ -280,3 +280,10 @@ if __name__ == "__main__":  # pragma: no cover - manual helper: start a server t
     if cfg is None:
         sys.exit("set COMFYUI_DIR and COMFY_PYTHON")
     print("see tests/comfyui/conftest.py for how the tests use this module")
+
+
+def cpu_upscale(model, images, **choices):
+    """Our engine on the CPU with the given user choices: the oracle for what the nodes produced."""
+    from realesrgan_tiled.engine import Choices, Host, upscale
+
+    return upscale(images, model, Choices(**choices), Host(device="cpu")).images

@@ -40,7 +40,6 @@ def _queue_from_page(front, server, timeout=300) -> dict:
 
 @pytest.mark.parametrize("name", harness.example_names())
 def test_example_workflow_in_frontend(front, server, name, input_image, bundled):
-    from realesrgan_tiled.engine import upscale_images
 
     workflow = json.loads(server.get(f"/api/workflow_templates/{harness.PACKAGE_DIR_NAME}/{name}.json", raw=True))
     front.reload()
@@ -57,12 +56,12 @@ def test_example_workflow_in_frontend(front, server, name, input_image, bundled)
     x4 = bundled("RealESRGAN_x4plus")
     if name == "hires_fix_image":
         assert got.shape == (40, 48, 3)
-        expect_close(got, upscale_images(x4, input_image, device="cpu", output_size=(40, 48))[0])
+        expect_close(got, harness.cpu_upscale(x4, input_image, output_size=(40, 48))[0])
         report = server.output_text(entry, harness.nodes_of(prompt, "PreviewAny")[0])
         assert report.startswith("model RealESRGAN_x4plus: 32x24 -> 48x40"), report
     elif name == "core_upscale_with_model":
         assert got.shape == (96, 128, 3)
-        expect_close(got, upscale_images(x4, input_image, device="cpu")[0], min_psnr=40.0, max_abs=8)
+        expect_close(got, harness.cpu_upscale(x4, input_image)[0], min_psnr=40.0, max_abs=8)
     else:
         assert got.shape == (96, 128, 3)
-        expect_close(got, upscale_images(x4, input_image, device="cpu")[0])
+        expect_close(got, harness.cpu_upscale(x4, input_image)[0])

@@ -94,17 +94,15 @@ def test_example_workflows_listed_and_twinned(server):
 # ---------------------------------------------------------------- example workflows, checked against the engine
 
 def test_example_tiled_upscale(server, input_image, bundled):
-    from realesrgan_tiled.engine import upscale_images
 
     prompt = harness.with_unique_prefix(harness.load_api("tiled_upscale"))
     entry = server.run_prompt(prompt)
     (got,) = server.output_images(entry, harness.nodes_of(prompt, "SaveImage")[0])
     assert got.shape == (96, 128, 3)
-    expect_close(got, upscale_images(bundled("RealESRGAN_x4plus"), input_image, device="cpu")[0])
+    expect_close(got, harness.cpu_upscale(bundled("RealESRGAN_x4plus"), input_image)[0])
 
 
 def test_example_hires_fix_image(server, input_image, bundled):
-    from realesrgan_tiled.engine import upscale_images
 
     prompt = harness.with_unique_prefix(harness.load_api("hires_fix_image"))
     entry = server.run_prompt(prompt)
@@ -113,20 +111,19 @@ def test_example_hires_fix_image(server, input_image, bundled):
     assert got.shape == (40, 48, 3)
     report = server.output_text(entry, harness.nodes_of(prompt, "PreviewAny")[0])
     assert report.startswith("model RealESRGAN_x4plus: 32x24 -> 48x40"), report
-    expected = upscale_images(bundled("RealESRGAN_x4plus"), input_image, device="cpu", output_size=(40, 48),
+    expected = harness.cpu_upscale(bundled("RealESRGAN_x4plus"), input_image, output_size=(40, 48),
                               resample="lanczos")[0]
     expect_close(got, expected)
 
 
 def test_example_core_upscale_with_our_loader(server, input_image, bundled):
-    from realesrgan_tiled.engine import upscale_images
 
     prompt = harness.with_unique_prefix(harness.load_api("core_upscale_with_model"))
     entry = server.run_prompt(prompt)
     (got,) = server.output_images(entry, harness.nodes_of(prompt, "SaveImage")[0])
     assert got.shape == (96, 128, 3)
     # core runs the whole 32x24 image as one 512 px tile; our engine tiles/blends: tiny differences only
-    expect_close(got, upscale_images(bundled("RealESRGAN_x4plus"), input_image, device="cpu")[0],
+    expect_close(got, harness.cpu_upscale(bundled("RealESRGAN_x4plus"), input_image)[0],
                  min_psnr=40.0, max_abs=8)
 
 
@@ -156,18 +153,15 @@ def tiled_prompt(image="example.png", model="bundled/realesr-animevideov3-x2", t
 
 
 def test_ncnn_param_file_loads_and_matches_bundled(server, input_image, bundled):
-    from realesrgan_tiled.engine import upscale_images
 
     prompt = harness.with_unique_prefix(tiled_prompt(model="ncnn/animevideov3-x2.param"))
     (got,) = server.output_images(server.run_prompt(prompt), "4")
     assert got.shape == (48, 64, 3)
-    expect_close(got, upscale_images(bundled("realesr-animevideov3-x2"), input_image, device="cpu")[0])
+    expect_close(got, harness.cpu_upscale(bundled("realesr-animevideov3-x2"), input_image)[0])
 
 
 def test_rgba_image_stays_rgba(server, host_base, bundled):
     from PIL import Image
-
-    from realesrgan_tiled.engine import upscale_images
 
     prompt = harness.with_unique_prefix(tiled_prompt(image="rgba.png", model="bundled/realesr-animevideov3-x2"))
     prompt["5"] = {"class_type": "JoinImageWithAlpha", "inputs": {"image": ["1", 0], "alpha": ["1", 1]}}
@@ -175,7 +169,7 @@ def test_rgba_image_stays_rgba(server, host_base, bundled):
     (got,) = server.output_images(server.run_prompt(prompt), "4")
     assert got.shape == (48, 64, 4)
     rgba = harness.to_image_tensor(np.asarray(Image.open(host_base / "input" / "rgba.png")))
-    expect_close(got, upscale_images(bundled("realesr-animevideov3-x2"), rgba, device="cpu")[0])
+    expect_close(got, harness.cpu_upscale(bundled("realesr-animevideov3-x2"), rgba)[0])
 
 
 def test_hires_fallback_without_model_and_latent_needs_vae(server, input_image):
@@ -223,7 +217,6 @@ def test_interrupt_stops_a_one_tile_cpu_upscale_between_windows(server):
 
 
 def test_interrupt_stops_upscale_within_a_tile_and_next_prompt_runs(server, input_image, bundled):
-    from realesrgan_tiled.engine import upscale_images
 
     # x4plus on 96x96 in 16 px tiles: ~100 tiles, minutes on this CPU
     slow = harness.with_unique_prefix(tiled_prompt(image="big.png", model="bundled/RealESRGAN_x4plus", tile_size=16))
@@ -246,4 +239,4 @@ def test_interrupt_stops_upscale_within_a_tile_and_next_prompt_runs(server, inpu
     # the next prompt runs normally (the model was offloaded, nothing is left half-done)
     nxt = harness.with_unique_prefix(tiled_prompt(model="bundled/realesr-animevideov3-x2"))
     (got,) = server.output_images(server.run_prompt(nxt), "4")
-    expect_close(got, upscale_images(bundled("realesr-animevideov3-x2"), input_image, device="cpu")[0])
+    expect_close(got, harness.cpu_upscale(bundled("realesr-animevideov3-x2"), input_image)[0])

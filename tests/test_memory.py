@@ -1,0 +1,59 @@
+"""The engine's memory estimate of one tile (engine/memory.py) against the peak measured while
+that tile runs, on real weights: for our networks (each architecture's cost profile, under the
+plan that runs) and for spandrel's networks (measured on two probe tiles, then extrapolated).
+An estimate below the peak is what sends a GPU out of memory; a tile size is only as good as it."""
+from __future__ import annotations
+
+import pytest
+import torch
+from spandrel import ModelLoader
+
+from realesrgan_tiled.archs import OurModel, RRDBNetPlan, SRVGGPlan
+from realesrgan_tiled.bundled_models import bundled_model_path
+from realesrgan_tiled.engine import call_model
+from realesrgan_tiled.engine.memory import AllocationTracker, model_cost, peak_bytes
+from realesrgan_tiled.loading import build_descriptor
+from realesrgan_tiled.ncnn_import import read_ncnn
+
+from .conftest import photo
+
+CPU = torch.device("cpu")
+# bundled model, side of the measured tile (large enough for the CPU plans' window paths)
+MODELS = {"realesr-animevideov3-x4": 320, "RealESRGAN_x4plus_anime_6B": 208}
+PLANS = {  # the plans our networks run: CPU windows (one worker, so the tracker sees every window) and whole maps
+    "realesr-animevideov3-x4": {"windows": SRVGGPlan(), "whole-map": SRVGGPlan(window=None, channels_last=False)},
+    "RealESRGAN_x4plus_anime_6B": {"windows": RRDBNetPlan(threads=1), "whole-map": RRDBNetPlan(trunk_window=None, tail_window=None)},
+}
+
+
+def _models(name: str, who: str):
+    spec, _ = read_ncnn(bundled_model_path(name))
+    if who == "spandrel":
+        return ModelLoader().load_from_state_dict(dict(spec.state_dict)).eval()
+    model = build_descriptor(spec)
+    model.plan = PLANS[name][who]
+    return model
+
+
+@pytest.mark.parametrize("who", ["windows", "whole-map", "spandrel"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_estimate_is_at_least_the_measured_peak(name, who):
+    model = _models(name, who)
+    assert isinstance(model, OurModel) == (who != "spandrel")  # spandrel's twin is not costed as ours
+    side = MODELS[name]
+    x = photo("astronaut", (side, side)).permute(0, 3, 1, 2).contiguous()
+    estimate = model_cost(model, CPU, torch.float32, call_model).bytes_for(side * side)
+    peak = peak_bytes(lambda: call_model(model, x), CPU)
+    assert peak <= estimate, f"{who}: measured {peak / side**2:.0f} B/px, estimated {estimate / side**2:.0f} B/px"
+    assert estimate <= 4 * peak, "an estimate this loose would make tiles needlessly small"
+
+
+def test_tracker_counts_what_is_alive_at_once():
+    """The measuring stick itself: three 1 MiB tensors, at most two alive together."""
+    with torch.inference_mode(), AllocationTracker() as tracker:
+        a = torch.empty(1 << 18)
+        b = a + 1
+        del a
+        c = b * 2
+        del b, c
+    assert tracker.peak == 2 << 20 and tracker.now == 0
