@@ -206,7 +206,8 @@ def main():
           f"{torch.get_num_threads()} threads; fp32 GEMM peak {peak:.1f} GFLOP/s (torch.mm 2048^2, the higher of "
           f"a measurement before and one after the rows)")
 
-    print(f"\n| model ({w}x{h} photo) | core's path s ({rows[0]['core']['detail']}) | ours s | speed-up | ours Mpx/s | ours GFLOP/s | % of GEMM peak | core RSS | ours RSS | ours tiles |")
+    print(f"\n| model ({w}x{h} photo) | core's path s ({rows[0]['core']['detail']}) | ours s | speed-up | ours Mpx/s "
+          "| ours GFLOP/s | % of GEMM peak | core RSS | ours RSS | ours tiles |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for pair in rows:
         c, o = pair["core"], pair["ours"]
@@ -221,7 +222,8 @@ def main():
           f"{frames['peak_rss'] / gib:.2f} GiB vs budget output+model+0.5 GiB = {budget / gib:.2f} GiB "
           f"({'within' if frames['peak_rss'] <= budget else 'OVER'}).\n"
           f"Of that peak, {frames['baseline_rss'] / gib:.2f} GiB was there before upscaling (torch runtime, "
-          f"libraries, model, input; `import torch` alone: {torch_import_rss() / gib:.2f} GiB) and upscaling added {added / gib:.2f} GiB: the {frames['output_bytes'] / gib:.2f} GiB "
+          f"libraries, model, input; `import torch` alone: {torch_import_rss() / gib:.2f} GiB) "
+          f"and upscaling added {added / gib:.2f} GiB: the {frames['output_bytes'] / gib:.2f} GiB "
           f"output + {(added - frames['output_bytes']) / 2**20:.0f} MiB working set.")
 
 

@@ -1,8 +1,8 @@
 """The engine's interface: what a host provides, what the user chose, what comes back."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

@@ -7,11 +7,11 @@ import logging
 
 import torch
 
-from . import _host
 from ..engine import PRECISIONS, Choices, Upscaled, is_out_of_memory, upscale
 from ..errors import ModelLoadError
 from ..loading import load_model
 from ..resize import RESAMPLE_METHODS, resize_images
+from . import _host
 
 log = logging.getLogger("realesrgan_tiled")
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from realesrgan_tiled.archs import SRVGGNetCompact
 from realesrgan_tiled.image_files import read_image
 from realesrgan_tiled.loading import load_model
@@ -112,7 +111,8 @@ def test_exact_size_and_scale_options(tmp_path, small_model):
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "z.png")
     assert cli("upscale", tmp_path / "z.png", "-o", tmp_path / "o1", "--model", small_model, "--scale", "1.5", "--quiet").returncode == 0
     assert Image.open(tmp_path / "o1" / "z.png").size == (15, 15)
-    assert cli("upscale", tmp_path / "z.png", "-o", tmp_path / "o2", "--model", small_model, "--width", "7", "--height", "9", "--quiet").returncode == 0
+    exact = ("--width", "7", "--height", "9", "--quiet")
+    assert cli("upscale", tmp_path / "z.png", "-o", tmp_path / "o2", "--model", small_model, *exact).returncode == 0
     assert Image.open(tmp_path / "o2" / "z.png").size == (7, 9)
     done = cli("upscale", tmp_path / "z.png", "-o", tmp_path / "o3", "--model", small_model, "--width", "7")
     assert done.returncode == 2 and "--height" in done.stderr

@@ -2,10 +2,8 @@
 model called directly, and fp32 runs for the precision guard."""
 from __future__ import annotations
 
-
 import pytest
 import torch
-
 from realesrgan_tiled.archs import RRDBNet, RRDBNetPlan, SRVGGNetCompact, SRVGGPlan
 from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.engine import call_model
@@ -256,8 +254,8 @@ class _OverflowsInHalf(torch.nn.Module):
 
 
 def _wrap(net, scale=4):
-    from spandrel import ImageModelDescriptor, SizeRequirements
     from realesrgan_tiled.archs import ARCHITECTURES
+    from spandrel import ImageModelDescriptor, SizeRequirements
 
     return ImageModelDescriptor(net, net.state_dict(), architecture=ARCHITECTURES["RRDBNet"], purpose="SR",
                                 tags=[], supports_half=True, supports_bfloat16=True, scale=scale,

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from spandrel import ModelLoader
-
 from realesrgan_tiled.archs import OurModel, RRDBNetPlan, SRVGGPlan
 from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.engine import call_model
 from realesrgan_tiled.engine.memory import AllocationTracker, model_cost, peak_bytes
 from realesrgan_tiled.loading import build_descriptor
 from realesrgan_tiled.ncnn_import import read_ncnn
+from spandrel import ModelLoader
 
 from .conftest import photo
 

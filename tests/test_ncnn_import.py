@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 import torch
-
 from realesrgan_tiled.archs import RRDBNet, SRVGGNetCompact
 from realesrgan_tiled.archs.output_resize import OutputResize
 from realesrgan_tiled.bundled_models import BUNDLED, bundled_model_path
@@ -15,8 +14,14 @@ from realesrgan_tiled.loading import load_model
 from realesrgan_tiled.ncnn_import import read_ncnn
 
 from .conftest import photo
-from .ncnn_fixtures import one_torch_thread  # noqa: F401  (autouse)
-from .ncnn_fixtures import GraphWriter, blob_names, run_ncnn, write_rrdbnet, write_srvgg
+from .ncnn_fixtures import (
+    GraphWriter,
+    blob_names,
+    one_torch_thread,  # noqa: F401  (autouse)
+    run_ncnn,
+    write_rrdbnet,
+    write_srvgg,
+)
 
 pytest.importorskip("ncnn")
 

@@ -8,12 +8,10 @@ import types
 
 import pytest
 import torch
-
-from .conftest import photo, psnr, upscaled
 from realesrgan_tiled import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from realesrgan_tiled.errors import ModelLoadError, RealESRGANTiledError
-from realesrgan_tiled.nodes import upscale as upscale_module
 from realesrgan_tiled.nodes import _host
+from realesrgan_tiled.nodes import upscale as upscale_module
 from realesrgan_tiled.nodes.upscale import (
     HiresFixUpscale,
     LoadUpscaleModel,
@@ -22,6 +20,8 @@ from realesrgan_tiled.nodes.upscale import (
     round_to_multiple,
 )
 from realesrgan_tiled.resize import resize_images
+
+from .conftest import photo, psnr, upscaled
 
 
 class Interrupted(Exception):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-
 import browser
 import harness
+import pytest
 from test_host import expect_close
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import time
 
+import harness
 import numpy as np
 import pytest
 import torch
-
-import harness
-from harness import PromptFailed, PromptRejected
+from harness import PromptRejected
 
 DISPLAY = {
     "RealESRGAN_LoadUpscaleModel": "Load Upscale Model (Real-ESRGAN)",
@@ -44,7 +43,7 @@ def expect_close(got: np.ndarray, expected_tensor: torch.Tensor, min_psnr=45.0, 
 def test_nodes_registered_without_import_errors(server, object_info):
     log = server.log()
     assert "IMPORT FAILED" not in log or harness.PACKAGE_DIR_NAME not in log.split("IMPORT FAILED", 1)[1][:400], log
-    assert "realesrgan_tiled" not in "".join(l for l in log.splitlines() if "Traceback" in l or "Error" in l)
+    assert "realesrgan_tiled" not in "".join(line for line in log.splitlines() if "Traceback" in line or "Error" in line)
     for node_id, display in DISPLAY.items():
         info = object_info[node_id]
         assert info["display_name"] == display
