@@ -36,10 +36,10 @@ def load_model(path: str | Path, act_type: str | None = None) -> ImageModelDescr
     state = unwrap_state_dict(read_state_dict(path))
     if not state:
         raise ModelLoadError(f"{path.name}: holds no tensors, so it is not a model's weights")
-    _check_finite(path, state)
     spec = _wrap_errors(path, sniff, state, act_type)
     if spec is not None:
-        return _wrap_errors(path, build_descriptor, spec)
+        return _wrap_errors(path, build_descriptor, spec)  # which checks the weights are finite
+    _check_finite(path, state)
     return _load_with_spandrel(path, state)
 
 
