@@ -55,7 +55,7 @@ def measured_cost(model, device: torch.device, dtype: torch.dtype, call) -> Cost
     costs = _measured.setdefault(model.model, {})
     key = (str(device), dtype)
     if key not in costs:
-        sides = [_probe_side(model, side) for side in PROBE_SIDES]
+        sides = _probe_sides(model)
         peaks = [_probe_peak(model, side, device, dtype, call) for side in sides]
         pixels = [side * side for side in sides]
         per_pixel = max(0.0, (peaks[1] - peaks[0]) / (pixels[1] - pixels[0]))
@@ -64,10 +64,12 @@ def measured_cost(model, device: torch.device, dtype: torch.dtype, call) -> Cost
     return costs[key]
 
 
-def _probe_side(model, side: int) -> int:
+def _probe_sides(model) -> tuple[int, int]:
+    """PROBE_SIDES fitted to the model's size requirements, still two different sizes."""
     req = model.size_requirements
     multiple = max(1, int(req.multiple_of))
-    return math.ceil(max(side, req.minimum) / multiple) * multiple
+    small, large = (math.ceil(max(side, req.minimum) / multiple) * multiple for side in PROBE_SIDES)
+    return small, max(large, small + multiple)
 
 
 def _probe_peak(model, side: int, device: torch.device, dtype: torch.dtype, call) -> int:

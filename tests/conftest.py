@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+
 from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.engine import Choices, Host, Upscaled, upscale
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from realesrgan_tiled.archs import SRVGGNetCompact
 from realesrgan_tiled.image_files import read_image
 from realesrgan_tiled.loading import load_model

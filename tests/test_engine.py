@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from realesrgan_tiled.archs import RRDBNet, RRDBNetPlan, SRVGGNetCompact, SRVGGPlan
 from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.engine import call_model
@@ -254,8 +255,9 @@ class _OverflowsInHalf(torch.nn.Module):
 
 
 def _wrap(net, scale=4):
-    from realesrgan_tiled.archs import ARCHITECTURES
     from spandrel import ImageModelDescriptor, SizeRequirements
+
+    from realesrgan_tiled.archs import ARCHITECTURES
 
     return ImageModelDescriptor(net, net.state_dict(), architecture=ARCHITECTURES["RRDBNet"], purpose="SR",
                                 tags=[], supports_half=True, supports_bfloat16=True, scale=scale,

@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+
 from realesrgan_tiled.errors import ModelLoadError, RealESRGANTiledError
 from realesrgan_tiled.loading import build_descriptor, load_model
 from realesrgan_tiled.sniff import ModelSpec, sniff, unwrap_state_dict

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from realesrgan_tiled.errors import ModelLoadError
 from realesrgan_tiled.loading import load_model
 

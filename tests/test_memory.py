@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from realesrgan_tiled.archs import OurModel, RRDBNetPlan, SRVGGPlan
+from spandrel import ImageModelDescriptor, ModelLoader, SizeRequirements
+
+from realesrgan_tiled.archs import ARCHITECTURES, OurModel, RRDBNetPlan, SRVGGPlan
 from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.engine import call_model
-from realesrgan_tiled.engine.memory import AllocationTracker, model_cost, peak_bytes
+from realesrgan_tiled.engine.memory import AllocationTracker, measured_cost, model_cost, peak_bytes
 from realesrgan_tiled.loading import build_descriptor
 from realesrgan_tiled.ncnn_import import read_ncnn
-from spandrel import ModelLoader
 
 from .conftest import photo
 
@@ -56,3 +57,16 @@ def test_tracker_counts_what_is_alive_at_once():
         c = b * 2
         del b, c
     assert tracker.peak == 2 << 20 and tracker.now == 0
+
+
+def test_models_with_large_size_requirements_get_two_probe_sizes():
+    """A model that needs inputs of at least 128 px in multiples of 64 is probed at two sizes
+    that both meet that, so the per-pixel slope is measured, not divided by zero."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 12, 3, padding=1), torch.nn.PixelShuffle(2))
+    model = ImageModelDescriptor(net, net.state_dict(), architecture=ARCHITECTURES["RRDBNet"], purpose="SR", tags=[],
+                                 supports_half=True, supports_bfloat16=True, scale=2, input_channels=3, output_channels=3,
+                                 size_requirements=SizeRequirements(minimum=128, multiple_of=64))
+    sizes = []
+    cost = measured_cost(model, CPU, torch.float32, lambda m, x: sizes.append(x.shape[-1]) or call_model(m, x))
+    assert sizes == [128, 192]
+    assert cost.per_pixel >= (8 + 12) * 4  # the two conv outputs per input pixel, at least

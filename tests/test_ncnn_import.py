@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+
 from realesrgan_tiled.archs import RRDBNet, SRVGGNetCompact
 from realesrgan_tiled.archs.output_resize import OutputResize
 from realesrgan_tiled.bundled_models import BUNDLED, bundled_model_path

@@ -8,6 +8,7 @@ import types
 
 import pytest
 import torch
+
 from realesrgan_tiled import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from realesrgan_tiled.errors import ModelLoadError, RealESRGANTiledError
 from realesrgan_tiled.nodes import _host

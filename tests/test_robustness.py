@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+
 from realesrgan_tiled.archs import SRVGGNetCompact
 from realesrgan_tiled.errors import InputImageError
 from realesrgan_tiled.loading import load_model

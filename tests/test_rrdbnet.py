@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from spandrel import ModelLoader
+
 from realesrgan_tiled.archs import RRDBNet, RRDBNetPlan
 from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.loading import build_descriptor, load_model, model_info
 from realesrgan_tiled.ncnn_import import read_ncnn
 from realesrgan_tiled.sniff import sniff
-from spandrel import ModelLoader
 
 from .conftest import photo
 from .model_fixtures import EXPECTED_KEY_FORMAT, LAYOUTS, image, rrdbnet_oracle, rrdbnet_state, save

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from spandrel import ImageModelDescriptor
+
 from realesrgan_tiled import loading
 from realesrgan_tiled.archs import ARCHITECTURES
 from realesrgan_tiled.errors import ModelLoadError
 from realesrgan_tiled.loading import load_model, model_info
 from realesrgan_tiled.sniff import sniff, unwrap_state_dict
-from spandrel import ImageModelDescriptor
 
 from .model_fixtures import image, rrdbnet_oracle, rrdbnet_state, save, srvgg_state
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from spandrel import ModelLoader
+from spandrel.architectures.Compact import Compact
+
 from realesrgan_tiled.archs import SRVGGPlan
 from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.errors import ModelLoadError
 from realesrgan_tiled.loading import build_descriptor, load_model, model_info
 from realesrgan_tiled.ncnn_import import read_ncnn
 from realesrgan_tiled.sniff import DEFAULT_SRVGG_ACT
-from spandrel import ModelLoader
-from spandrel.architectures.Compact import Compact
 
 from .conftest import photo
 from .model_fixtures import LAYOUTS, image, save, srvgg_oracle, srvgg_state

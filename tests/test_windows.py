@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from realesrgan_tiled.archs import RRDBNetPlan, SRVGGPlan
 from realesrgan_tiled.archs.windows import Window, even_spans, for_each_window, windows
 
