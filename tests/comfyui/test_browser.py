@@ -39,7 +39,6 @@ def _queue_from_page(front, server, timeout=300) -> dict:
 
 @pytest.mark.parametrize("name", harness.example_names())
 def test_example_workflow_in_frontend(front, server, name, input_image, bundled):
-
     workflow = json.loads(server.get(f"/api/workflow_templates/{harness.PACKAGE_DIR_NAME}/{name}.json", raw=True))
     front.reload()
     front.load_ui(workflow)

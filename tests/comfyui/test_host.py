@@ -93,7 +93,6 @@ def test_example_workflows_listed_and_twinned(server):
 # ---------------------------------------------------------------- example workflows, checked against the engine
 
 def test_example_tiled_upscale(server, input_image, bundled):
-
     prompt = harness.with_unique_prefix(harness.load_api("tiled_upscale"))
     entry = server.run_prompt(prompt)
     (got,) = server.output_images(entry, harness.nodes_of(prompt, "SaveImage")[0])
@@ -102,7 +101,6 @@ def test_example_tiled_upscale(server, input_image, bundled):
 
 
 def test_example_hires_fix_image(server, input_image, bundled):
-
     prompt = harness.with_unique_prefix(harness.load_api("hires_fix_image"))
     entry = server.run_prompt(prompt)
     (got,) = server.output_images(entry, harness.nodes_of(prompt, "SaveImage")[0])
@@ -110,13 +108,11 @@ def test_example_hires_fix_image(server, input_image, bundled):
     assert got.shape == (40, 48, 3)
     report = server.output_text(entry, harness.nodes_of(prompt, "PreviewAny")[0])
     assert report.startswith("model RealESRGAN_x4plus: 32x24 -> 48x40"), report
-    expected = harness.cpu_upscale(bundled("RealESRGAN_x4plus"), input_image, output_size=(40, 48),
-                              resample="lanczos")[0]
+    expected = harness.cpu_upscale(bundled("RealESRGAN_x4plus"), input_image, output_size=(40, 48), resample="lanczos")[0]
     expect_close(got, expected)
 
 
 def test_example_core_upscale_with_our_loader(server, input_image, bundled):
-
     prompt = harness.with_unique_prefix(harness.load_api("core_upscale_with_model"))
     entry = server.run_prompt(prompt)
     (got,) = server.output_images(entry, harness.nodes_of(prompt, "SaveImage")[0])
@@ -152,7 +148,6 @@ def tiled_prompt(image="example.png", model="bundled/realesr-animevideov3-x2", t
 
 
 def test_ncnn_param_file_loads_and_matches_bundled(server, input_image, bundled):
-
     prompt = harness.with_unique_prefix(tiled_prompt(model="ncnn/animevideov3-x2.param"))
     (got,) = server.output_images(server.run_prompt(prompt), "4")
     assert got.shape == (48, 64, 3)
@@ -216,7 +211,6 @@ def test_interrupt_stops_a_one_tile_cpu_upscale_between_windows(server):
 
 
 def test_interrupt_stops_upscale_within_a_tile_and_next_prompt_runs(server, input_image, bundled):
-
     # x4plus on 96x96 in 16 px tiles: ~100 tiles, minutes on this CPU
     slow = harness.with_unique_prefix(tiled_prompt(image="big.png", model="bundled/RealESRGAN_x4plus", tile_size=16))
     started = time.monotonic()
