@@ -15,6 +15,7 @@ import torch
 from spandrel import ImageModelDescriptor, ModelLoader
 
 from .archs import ARCHITECTURES, ModelSpec, OurModel
+from .archs.architecture import check_finite
 from .errors import ModelLoadError
 from .sniff import sniff, unwrap_state_dict
 
@@ -39,7 +40,7 @@ def load_model(path: str | Path, act_type: str | None = None) -> ImageModelDescr
     spec = _wrap_errors(path, sniff, state, act_type)
     if spec is not None:
         return _wrap_errors(path, build_descriptor, spec)  # which checks the weights are finite
-    _check_finite(path, state)
+    _wrap_errors(path, check_finite, state)
     return _load_with_spandrel(path, state)
 
 
@@ -57,13 +58,6 @@ def _wrap_errors(path: Path, fn, *args):
         raise ModelLoadError(msg if path.name in msg else f"{path.name}: {msg}") from None
     except Exception as e:  # shapes no network can take make torch raise almost anything
         raise ModelLoadError(f"{path.name}: cannot build a model from these weights ({_first_line(e)})") from None
-
-
-def _check_finite(path: Path, state: dict) -> None:
-    """NaN / Inf weights only ever produce black or garbage images: refuse them up front."""
-    for key, value in state.items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise ModelLoadError(f"{path.name}: weight {key} contains NaN or Inf values; the file is corrupt")
 
 
 def read_state_dict(path: Path) -> object:

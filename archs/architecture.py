@@ -59,19 +59,19 @@ class OurArchitecture(Architecture):
         Raises ModelLoadError when the keys say "ours" but the shapes cannot make a network."""
         raise NotImplementedError
 
-    def _detects(self, state: dict) -> bool:
-        from ..sniff import unwrap_state_dict
+    def _spec_of_checkpoint(self, state_dict: dict) -> ModelSpec | None:
+        from ..sniff import unwrap_state_dict  # (sniff imports the architectures)
 
+        return self.spec(unwrap_state_dict(state_dict))
+
+    def _detects(self, state_dict: dict) -> bool:
         try:
-            spec = self.spec(unwrap_state_dict(state))
+            return self._spec_of_checkpoint(state_dict) is not None
         except ModelLoadError:
             return False
-        return spec is not None
 
     def load(self, state_dict: dict) -> OurModel:
-        from ..sniff import unwrap_state_dict
-
-        spec = self.spec(unwrap_state_dict(state_dict))
+        spec = self._spec_of_checkpoint(state_dict)
         if spec is None:
             raise ModelLoadError(f"the state dict is not a {self.name}")
         return self.build(spec)
@@ -218,7 +218,13 @@ def check_weights_fit(net: torch.nn.Module, state: dict) -> None:
     for k, v in state.items():
         if not v.is_floating_point():
             raise ModelLoadError(f"weight {k} has dtype {v.dtype}, expected floating point")
-        if not torch.isfinite(v).all():
+    check_finite(state)
+
+
+def check_finite(state: dict) -> None:
+    """NaN / Inf weights only ever produce black or garbage images: refuse them up front."""
+    for k, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
             raise ModelLoadError(f"weight {k} contains NaN or Inf values; the file is corrupt")
 
 
