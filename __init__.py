@@ -1,11 +1,22 @@
-"""realesrgan_tiled: Real-ESRGAN-family upscalers for ComfyUI (and a CLI).
+"""realesrgan_tiled: Real-ESRGAN-family upscalers for ComfyUI, Stable Diffusion WebUI and a CLI.
 
-Imported by ComfyUI as a custom-node package (this file is its entry point) and by
-Python as ``realesrgan_tiled``. The node module imports ComfyUI lazily, so importing the
-package outside ComfyUI works and pulls in only the host-neutral core.
+Three hosts import this file:
+- ComfyUI, as a custom-node package: it reads ``NODE_CLASS_MAPPINGS`` (and the display names)
+  with ``getattr``, which the module ``__getattr__`` below answers by importing the nodes;
+- the WebUI (AUTOMATIC1111, Forge), through ``scripts/realesrgan_tiled_webui.py``;
+- Python, as ``realesrgan_tiled`` (the CLI, tests).
+
+So importing the package itself imports nothing: each host pulls in only its own adapter.
 """
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 # No frontend extension. Example workflows are found by ComfyUI in ./example_workflows.
 WEB_DIRECTORY = None
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+
+
+def __getattr__(name):
+    if name in ("NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"):
+        from . import nodes
+
+        return getattr(nodes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

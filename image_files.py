@@ -1,5 +1,6 @@
 """Reading and writing image files for the CLI: PNG / JPEG / WebP (anything Pillow opens) in,
-PNG out. 16-bit PNGs go through pypng because Pillow truncates 16-bit RGB to 8 bits."""
+PNG out. 16-bit PNGs go through pypng because Pillow truncates 16-bit RGB to 8 bits. Also the
+PIL <-> pixels steps of hosts that hand us PIL images (the WebUI)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,6 +33,17 @@ def read_image(path: Path) -> LoadedImage:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise InputImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def pil_to_pixels(im: Image.Image) -> torch.Tensor:
+    """[1, H, W, C] float32 0..1 from a PIL image of any mode; C is 1 (gray), 3 or 4 (alpha kept)."""
+    return _to_tensor(np.asarray(_normalise_mode(im)))
+
+
+def pixels_to_pil(pixels: torch.Tensor) -> Image.Image:
+    """8-bit PIL image (L, RGB or RGBA) from [H, W, C] float 0..1, rounded to nearest."""
+    arr = np.rint(pixels.clamp(0, 1).numpy().astype(np.float64) * 255).astype(np.uint8)
+    return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
 
 
 def _normalise_mode(im: Image.Image) -> Image.Image:

