@@ -32,10 +32,10 @@ def add_health_route(_demo, app) -> None:
 def health() -> dict:
     from modules import devices
 
-    precision = settings.choices().precision
     return HEALTH.report(
         device=str(devices.device_esrgan),
-        precision={"setting": settings.value(settings.PRECISION), "used": precision},
+        # what "auto" picks depends on the model and device: each run's choice is in last_run
+        precision={"setting": settings.value(settings.PRECISION), "asked": settings.choices().precision},
         settings={key: settings.value(key) for key in settings.DEFAULTS},
         versions=versions(),
     )

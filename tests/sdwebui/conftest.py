@@ -67,7 +67,7 @@ def real_state_dict(bundled: str) -> dict:
     from realesrgan_tiled.bundled_models import bundled_model_path
     from realesrgan_tiled.loading import load_model
 
-    return {k: v.clone() for k, v in load_model(bundled_model_path(bundled)).model.state_dict().items()}
+    return {k: v.clone() for k, v in load_model(bundled_model_path(bundled)).network.state_dict().items()}
 
 
 def write_models(models: Path, extra: Path, marker: Path) -> None:
@@ -78,12 +78,12 @@ def write_models(models: Path, extra: Path, marker: Path) -> None:
 
     for sub in ("ESRGAN", "RealESRGAN", "RealESRGAN-tiled"):
         (models / sub).mkdir(parents=True, exist_ok=True)
-    compact_x2 = real_state_dict("realesr-animevideov3-x2")
-    save(compact_x2, models / "ESRGAN" / "compact_x2.pth")  # current torch's zip format (A1111's torch.load refuses it)
-    save(compact_x2, models / "RealESRGAN-tiled" / "dup_stem.safetensors")
-    save(compact_x2, models / "ESRGAN" / "dup_stem.pth")  # same stem: the earlier folder's file wins
-    save(real_state_dict("realesr-animevideov3-x4"), models / "RealESRGAN-tiled" / "video_x4.safetensors")
-    save(compact_x2, models / "RealESRGAN-tiled" / "breaks_later.safetensors")
+    compact = real_state_dict("realesr-animevideov3-x4")
+    save(compact, models / "ESRGAN" / "compact_x4.pth")  # current torch's zip format (A1111's torch.load refuses it)
+    save(compact, models / "RealESRGAN-tiled" / "dup_stem.safetensors")
+    save(compact, models / "ESRGAN" / "dup_stem.pth")  # same stem: the earlier folder's file wins
+    save(compact, models / "RealESRGAN-tiled" / "breaks_later.safetensors")
+    save(real_state_dict("RealESRGAN_x4plus_anime_6B"), models / "RealESRGAN-tiled" / "anime_6b.safetensors")
     # the built-in "R-ESRGAN 4x+" finds this and needs no download (legacy format: A1111's torch.load takes it)
     torch.save(real_state_dict("RealESRGAN_x4plus"), str(models / "RealESRGAN" / "RealESRGAN_x4plus.pth"),
                _use_new_zipfile_serialization=False)

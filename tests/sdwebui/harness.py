@@ -31,7 +31,7 @@ EXTENSION_DIR_NAME = "sd-webui-realesrgan-tiled"  # any folder name works: the W
 HOSTS = {
     "a1111": ("A1111_DIR", "A1111_PYTHON",
               ["--use-cpu", "all", "--no-half", "--skip-load-model-at-start", "--ckpt", "test/test_files/empty.pt",
-               "--do-not-download-clip"]),
+               "--do-not-download-clip", "--disable-nan-check"]),  # a random-weight SD model may produce NaNs
     "forge": ("FORGE_DIR", "FORGE_PYTHON", ["--always-cpu"]),
 }
 
