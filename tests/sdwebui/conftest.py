@@ -62,14 +62,6 @@ def data(host, tmp_path_factory) -> Data:
     return Data(root, extension, extra, marker, models / "RealESRGAN-tiled" / "breaks_later.safetensors")
 
 
-def real_state_dict(bundled: str) -> dict:
-    """The real weights of a bundled model (shipped as ncnn) as an official-layout state dict."""
-    from realesrgan_tiled.bundled_models import bundled_model_path
-    from realesrgan_tiled.loading import load_model
-
-    return {k: v.clone() for k, v in load_model(bundled_model_path(bundled)).network.state_dict().items()}
-
-
 def write_models(models: Path, extra: Path, marker: Path) -> None:
     from realesrgan_tiled.bundled_models import bundled_model_path
 
@@ -78,14 +70,14 @@ def write_models(models: Path, extra: Path, marker: Path) -> None:
 
     for sub in ("ESRGAN", "RealESRGAN", "RealESRGAN-tiled"):
         (models / sub).mkdir(parents=True, exist_ok=True)
-    compact = real_state_dict("realesr-animevideov3-x4")
+    compact = harness.real_state_dict("realesr-animevideov3-x4")
     save(compact, models / "ESRGAN" / "compact_x4.pth")  # current torch's zip format (A1111's torch.load refuses it)
     save(compact, models / "RealESRGAN-tiled" / "dup_stem.safetensors")
     save(compact, models / "ESRGAN" / "dup_stem.pth")  # same stem: the earlier folder's file wins
     save(compact, models / "RealESRGAN-tiled" / "breaks_later.safetensors")
-    save(real_state_dict("RealESRGAN_x4plus_anime_6B"), models / "RealESRGAN-tiled" / "anime_6b.safetensors")
+    save(harness.real_state_dict("RealESRGAN_x4plus_anime_6B"), models / "RealESRGAN-tiled" / "anime_6b.safetensors")
     # the built-in "R-ESRGAN 4x+" finds this and needs no download (legacy format: A1111's torch.load takes it)
-    torch.save(real_state_dict("RealESRGAN_x4plus"), str(models / "RealESRGAN" / "RealESRGAN_x4plus.pth"),
+    torch.save(harness.real_state_dict("RealESRGAN_x4plus"), str(models / "RealESRGAN" / "RealESRGAN_x4plus.pth"),
                _use_new_zipfile_serialization=False)
     param = bundled_model_path("realesr-animevideov3-x3")
     (extra / "ncnn").mkdir(parents=True)
