@@ -15,6 +15,7 @@ import argparse
 import importlib.util
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("webui_harness", ROOT / "tests" / "sdwebui" / "harness.py")
-harness = importlib.util.module_from_spec(_spec)  # the real-host tests' harness
+harness = sys.modules["webui_harness"] = importlib.util.module_from_spec(_spec)  # the real-host tests' harness
 _spec.loader.exec_module(harness)
 
 BUILT_IN, OURS = "R-ESRGAN 4x+", "RealESRGAN_x4plus (tiled)"

@@ -173,7 +173,7 @@ def _run_tile(run: _Run, tile_in: torch.Tensor) -> torch.Tensor:
             if run.host.check_cancel is not None:
                 run.host.check_cancel()
             out = _forward(run, tile_in, torch.float32)
-    except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
+    except RuntimeError as e:  # CUDA out of memory is a RuntimeError
         if not is_out_of_memory(e):
             raise
         return _retry_smaller(run, tile_in)
@@ -235,7 +235,8 @@ def call_model(descriptor, x: torch.Tensor) -> torch.Tensor:
 
 def is_out_of_memory(e: BaseException) -> bool:
     """CUDA's OutOfMemoryError, or the CPU allocator's failure (a plain RuntimeError)."""
-    if isinstance(e, torch.OutOfMemoryError):
+    # torch.cuda.OutOfMemoryError is torch.OutOfMemoryError since 2.5, and exists on the torch 2.1 A1111 installs
+    if isinstance(e, torch.cuda.OutOfMemoryError):
         return True
     text = str(e).lower()
     return "out of memory" in text or "can't allocate memory" in text

@@ -253,7 +253,7 @@ class HiresFixUpscale:
                     raise
                 reason = _reason(e)
                 log.warning("Hires-Fix Upscale (Real-ESRGAN): model path failed, falling back to %s: %s",
-                            resample, e, exc_info=not isinstance(e, (ModelLoadError, torch.OutOfMemoryError)))
+                            resample, e, exc_info=not isinstance(e, (ModelLoadError, torch.cuda.OutOfMemoryError)))
                 out = _resample(image, target, resample)
                 return out, f"{resample} fallback ({reason}): {sizes}; {type(e).__name__}: {_short(e)}"
         return _resample(image, target, resample), f"{resample} fallback ({reason}): {sizes}"

@@ -53,7 +53,7 @@ class UpscalerRealESRGAN_tiled(Upscaler):  # the host derives the command-line o
             # report, return the input, and the host resizes it without the model.
             message = one_line(e)
             HEALTH.fell_back(name, message)
-            expected = isinstance(e, (RealESRGANTiledError, torch.OutOfMemoryError))  # no traceback for these
+            expected = isinstance(e, (RealESRGANTiledError, torch.cuda.OutOfMemoryError))  # no traceback for these
             errors.report(f"realesrgan_tiled: {name} could not run, the image is resized without it: {message}",
                           exc_info=not expected)
             return img
