@@ -63,7 +63,9 @@ def prepare(host: str, where: Path):
 
 
 def row(host, webui_dir, python, data, upscaler, image, reference, options) -> dict:
-    flags = harness.HOSTS[host][2]
+    # Forge halves the built-in's model unless --no-half, on the CPU too, where fp16 convs are
+    # slow (a run at its defaults passed 600 s here): both sides in fp32, as on A1111
+    flags = harness.HOSTS[host][2] + (["--no-half"] if host == "forge" else [])
     server = harness.WebUIServer(webui_dir, python, data, flags)
     server.start()
     try:

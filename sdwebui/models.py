@@ -57,12 +57,17 @@ def model_files(folders: Iterable[str | os.PathLike]) -> list[Path]:
     return files
 
 
+def native_scale(path: str | os.PathLike) -> int:
+    """Load the model (safely) and return its scale; raises what the loader raises."""
+    return int(load_model(path).scale)
+
+
 def discover(folders: Iterable[str | os.PathLike], *, bundled: bool = True,
-             load: Callable = load_model) -> tuple[list[Listed], list[Refused]]:
+             scale_of: Callable[[Path], int] = native_scale) -> tuple[list[Listed], list[Refused]]:
     """(listed, refused): the bundled models first, then every file our loader reads, each
     named by the contract with its native scale. A file is refused when the loader cannot read
     it (hostile pickles included: the loader only ever opens them weights-only) or when an
-    earlier model already has its name."""
+    earlier model already has its name. ``scale_of`` may answer from a cache."""
     listed: list[Listed] = []
     refused: list[Refused] = []
     taken: dict[str, str] = {}
@@ -82,7 +87,7 @@ def discover(folders: Iterable[str | os.PathLike], *, bundled: bool = True,
         try:
             if path is None:
                 path = bundled_model_path(bundled_name)
-            scale = _native_scale(load(path))
+            scale = scale_of(path)
         except Exception as e:  # the loader's errors name the file; anything else is still one line
             refused.append(Refused(where, one_line(e)))
             continue
@@ -91,11 +96,6 @@ def discover(folders: Iterable[str | os.PathLike], *, bundled: bool = True,
     for r in refused:
         log.warning("realesrgan_tiled: not listing %s: %s", r.path, r.reason)
     return listed, refused
-
-
-def _native_scale(descriptor) -> int:
-    scale = descriptor.scale
-    return int(scale) if float(scale).is_integer() else scale
 
 
 def one_line(e: BaseException) -> str:

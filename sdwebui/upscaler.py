@@ -21,7 +21,7 @@ from ..image_files import pil_to_pixels, pixels_to_pil
 from ..loading import load_model
 from . import settings
 from .health import HEALTH
-from .models import discover, one_line
+from .models import discover, native_scale, one_line
 
 log = logging.getLogger("realesrgan_tiled")
 
@@ -34,7 +34,7 @@ class UpscalerRealESRGAN_tiled(Upscaler):  # the host derives the command-line o
         self.user_path = dirname
         super().__init__(create_dirs=True)
         self.cached: tuple[str, object] | None = None  # (path, descriptor): one model at a time
-        listed, refused = discover(model_folders(dirname, self.model_path))
+        listed, refused = discover(model_folders(dirname, self.model_path), scale_of=cached_native_scale)
         HEALTH.models_found(listed, refused)
         # positional: Forge's UpscalerData adds a sha256 argument after these
         self.scalers = [UpscalerData(m.name, m.path, self, m.scale) for m in listed]
@@ -78,6 +78,18 @@ class UpscalerRealESRGAN_tiled(Upscaler):  # the host derives the command-line o
 
     def name_of(self, path: str) -> str:
         return next((s.name for s in self.scalers if s.data_path == path), os.path.basename(str(path)))
+
+
+def cached_native_scale(path) -> int:
+    """The model's scale, from the host's per-file cache (keyed by path and size, refreshed when
+    the file is newer), so a start does not load every model again. Failures are not cached."""
+    try:
+        from modules.cache import cached_data_for_file
+    except ImportError:
+        return native_scale(path)
+    title = f"{path}:{os.path.getsize(path)}"
+    entry = cached_data_for_file("realesrgan_tiled-models", title, str(path), lambda: {"scale": native_scale(path)})
+    return int(entry["scale"])
 
 
 def model_folders(our_option: str | None, our_folder: str) -> list[str]:
