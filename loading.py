@@ -17,7 +17,9 @@ from spandrel import ImageModelDescriptor, ModelLoader
 from .archs import ARCHITECTURES, ModelSpec, OurModel
 from .archs.architecture import check_finite
 from .errors import ModelLoadError
-from .sniff import sniff, unwrap_state_dict
+from .pickle_scan import is_whole_module, pickle_globals
+from .sniff import describe_contents, sniff, unwrap_state_dict
+from .torchscript import is_torchscript, read_torchscript
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 SUPPORTED_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES, ".param")
@@ -34,9 +36,10 @@ def load_model(path: str | Path, act_type: str | None = None) -> ImageModelDescr
 
         spec, resize = _wrap_errors(path, read_ncnn, path)
         return _wrap_errors(path, build_descriptor, spec, resize)
-    state = unwrap_state_dict(read_state_dict(path))
+    raw = read_state_dict(path)
+    state = unwrap_state_dict(raw)
     if not state:
-        raise ModelLoadError(f"{path.name}: holds no tensors, so it is not a model's weights")
+        raise ModelLoadError(f"{path.name}: no model weights found: the file holds {describe_contents(raw)}")
     spec = _wrap_errors(path, sniff, state, act_type)
     if spec is not None:
         return _wrap_errors(path, build_descriptor, spec)  # which checks the weights are finite
@@ -84,6 +87,8 @@ def _read_safetensors(path: Path) -> dict:
 
 
 def _read_pickle(path: Path) -> object:
+    if is_torchscript(path):
+        return _read_torchscript(path)
     try:
         # torch warns about odd pickle protocols and legacy storages on its way to failing (or
         # succeeding); the user gets our one clear error instead of that noise
@@ -96,12 +101,29 @@ def _read_pickle(path: Path) -> object:
         unsafe = _unsafe_global(e)
         if unsafe is None:  # torch's restricted unpickler also rejects plain garbage
             raise ModelLoadError(f"{path.name}: not a readable PyTorch checkpoint (corrupt pickle data)") from None
+        if is_whole_module(pickle_globals(path)):
+            raise ModelLoadError(
+                f"{path.name}: holds a whole pickled model ({unsafe}), not only its weights; unpickling it would run "
+                f"code from the file, so it is refused. Where the model was made, save its weights instead: "
+                f"torch.save(model.state_dict(), 'model.pth'), or safetensors.torch.save_file(model.state_dict(), "
+                f"'model.safetensors')"
+            ) from None
         raise ModelLoadError(
             f"{path.name}: refused to load — the pickle asks for code beyond plain tensors "
             f"({unsafe}); it may be malicious. Convert trusted files to .safetensors."
         ) from None
     except Exception as e:  # truncated zip, random bytes, wrong format
         raise ModelLoadError(f"{path.name}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+
+
+def _read_torchscript(path: Path) -> dict:
+    try:
+        return read_torchscript(path)
+    except pickle.UnpicklingError as e:
+        raise ModelLoadError(f"{path.name}: refused to load — this TorchScript archive's data asks for code "
+                             f"beyond tensors ({_first_line(e)}); it may be malicious") from None
+    except Exception as e:  # a damaged zip, a missing data entry
+        raise ModelLoadError(f"{path.name}: not a readable TorchScript archive ({_first_line(e)})") from None
 
 
 # torch's weights-only unpickler names the global it refused in one of these phrasings

@@ -226,7 +226,8 @@ def zero_sized_weights(d):
 
 
 def no_tensors(d):
-    return save({"epoch": 10, "lr": 1e-4, "note": "just metadata"}, d / "meta.ckpt"), r"meta\.ckpt: holds no tensors"
+    path = save({"epoch": 10, "lr": 1e-4, "note": "just metadata"}, d / "meta.ckpt")
+    return path, r"meta\.ckpt: no model weights found: the file holds a dict with keys epoch \(int\)"
 
 
 CASES = [truncated_pth, truncated_safetensors, empty_pth, empty_safetensors, random_pth, pickle_garbage_pth,

@@ -74,16 +74,18 @@ def test_inpainting_model_is_not_an_upscaler():
         loading._load_with_spandrel(Path("lama.pth"), LaMa().state_dict())
 
 
-@pytest.mark.parametrize("obj", [
-    {"lr": 0.1, "epoch": 3},
-    [torch.zeros(3)],
-    torch.zeros(3, 3),
-    {"params_ema": {}, "params": {}},
-    {"optimizer": {"state": {}}},
+@pytest.mark.parametrize("obj, holds", [
+    ({"lr": 0.1, "epoch": 3}, "a dict with keys lr (float), epoch (int)"),
+    ([torch.zeros(3)], "a list of 1 item"),
+    (torch.zeros(3, 3), "a single tensor [3, 3], not named weights"),
+    ({"params_ema": {}, "params": {}}, "a dict with keys params_ema (dict of 0), params (dict of 0)"),
+    ({"optimizer": {"state": {}}}, "a dict with keys optimizer (dict of 1)"),
+    ({"a": srvgg_state(), "b": srvgg_state()}, "a dict with keys a (dict of"),  # two candidates: ambiguous
 ])
-def test_files_without_a_state_dict(tmp_path, obj):
-    with pytest.raises(ModelLoadError, match=r"ckpt\.pth: holds no tensors"):
+def test_files_without_a_state_dict_say_what_they_hold(tmp_path, obj, holds):
+    with pytest.raises(ModelLoadError) as e:
         load_model(save(obj, tmp_path / "ckpt.pth"))
+    assert str(e.value).startswith(f"ckpt.pth: no model weights found: the file holds {holds}")
 
 
 # ---- wrappers and prefixes ------------------------------------------------------------------
