@@ -50,11 +50,18 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--scale", type=float, help="overall scale factor, e.g. 1.5 with an x4 model")
     size.add_argument("--width", type=int, help="exact output width (with --height)")
     up.add_argument("--height", type=int, help="exact output height (with --width)")
+    up.add_argument("--passes", default="1",
+                    help="model passes: 1 (default) runs the model once, then resamples to the size asked; auto runs it "
+                         "again on its output while the size asked needs it (up to 4); N: like auto, at most N")
     up.add_argument("--tile", default="auto", help="tile size in px, or auto (default)")
     up.add_argument("--overlap", type=int, help="tile overlap in px (default: chosen per model)")
     up.add_argument("--precision", choices=PRECISIONS, help="default: auto (fp16 on CUDA, fp32 on CPU)")
     up.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     up.add_argument("--act", choices=ACT_TYPES, help="SRVGGNetCompact activation when the weights cannot tell")
+    up.add_argument("--interpolate", metavar="MODEL_B",
+                    help="blend --model with this model of the same architecture, weight by weight (network interpolation)")
+    up.add_argument("--interpolate-weight", type=float, default=0.5, metavar="W",
+                    help="how much of MODEL_B in the blend, 0..1 (default 0.5; 0 = --model alone)")
     up.add_argument("--quiet", action="store_true", help="no progress bar")
     up.set_defaults(func=_cmd_upscale)
     return parser
@@ -94,8 +101,13 @@ def _cmd_upscale(args) -> int:
         precision=args.precision,
         output_scale=args.scale,
         output_size=None if args.width is None else (args.height, args.width),
+        passes="auto" if args.passes == "auto" else _positive_int(args.passes, "--passes", "a whole number or 'auto'"),
     )
     model = load_model(_resolve_model(args.model), act_type=args.act)
+    if args.interpolate is not None:
+        from .interpolate import interpolate
+
+        model = interpolate(model, load_model(_resolve_model(args.interpolate), act_type=args.act), args.interpolate_weight)
     paths = collect_inputs(args.inputs)
     if not paths:
         raise InputImageError("no input images found")
@@ -116,13 +128,13 @@ def _cmd_upscale(args) -> int:
     return EXIT_USER_ERROR if failures else 0
 
 
-def _positive_int(text: str, option: str) -> int:
+def _positive_int(text: str, option: str, what: str = "a whole number of pixels or 'auto'") -> int:
     from .errors import InputImageError
 
     try:
         value = int(text)
     except ValueError:
-        raise InputImageError(f"{option} must be a whole number of pixels or 'auto', not {text!r}") from None
+        raise InputImageError(f"{option} must be {what}, not {text!r}") from None
     if value < 1:
         raise InputImageError(f"{option} must be positive, not {value}")
     return value

@@ -35,6 +35,7 @@ class Choices:
     output_size: tuple[int, int] | None = None  # exact (height, width) of the result
     output_scale: float | None = None  # or a factor of the input size
     resample: str | None = None  # how the model output is brought to that size (resize.RESAMPLE_METHODS)
+    passes: int | str | None = None  # model passes: None = 1; "auto" or N = again on its output while the target needs it
 
 
 @dataclass
@@ -48,6 +49,7 @@ class RunReport:
     tile_size: int = 0
     overlap: int = 0
     device: str = ""
+    passes: int = 1  # model passes run (each on the previous one's output)
 
 
 @dataclass

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -48,8 +48,34 @@ class _Run:
 
 def upscale(images: torch.Tensor, model, choices: Choices | None = None, host: Host | None = None) -> Upscaled:
     """Upscale a ``[B, H, W, C]`` float batch (0..1, ComfyUI's IMAGE layout) with ``model`` (a
-    spandrel ``ImageModelDescriptor``, ours or any other); see the module docstring."""
+    spandrel ``ImageModelDescriptor``, ours or any other); see the module docstring. With
+    ``choices.passes`` the model runs again on its own output while the target needs it."""
     choices, host = choices or Choices(), host or Host()
+    settings.check_images(images)
+    _, height, width, _ = images.shape
+    target = settings.target_size(height, width, int(model.scale), choices.output_size, choices.output_scale)
+    count = settings.model_passes(choices.passes, (height, width), target, int(model.scale))
+    if count == 1:
+        return _upscale_once(images, model, choices, host)
+    between = replace(choices, output_size=None, output_scale=None)  # native scale, kept on the CPU in fp32
+    between_host = replace(host, output_device="cpu", output_dtype=torch.float32)
+    final = replace(choices, output_size=target, output_scale=None)  # the target of the first input, not of the last
+    ran = RunReport()
+    for n in range(count):
+        last = n == count - 1
+        result = _upscale_once(images, model, final if last else between, host if last else between_host)
+        ran = _add_runs(ran, result.ran)
+        images = result.images
+    ran.passes = count
+    return Upscaled(images, ran)
+
+
+def _add_runs(total: RunReport, one: RunReport) -> RunReport:
+    return replace(one, tiles=total.tiles + one.tiles, fp32_reruns=total.fp32_reruns + one.fp32_reruns,
+                   oom_retries=total.oom_retries + one.oom_retries)
+
+
+def _upscale_once(images: torch.Tensor, model, choices: Choices, host: Host) -> Upscaled:
     settings.check_images(images)
     settings.check_tile_choices(choices.tile_size, choices.overlap)
     resample = settings.resample_method(choices.resample)

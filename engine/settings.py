@@ -85,6 +85,27 @@ def auto_tile_size(image_hw: tuple[int, int], fixed: float, per_pixel: float, bu
     return max(MIN_TILE, min(side, 4096))
 
 
+MAX_AUTO_PASSES = 4  # x4 four times is x256: past that a target is a typo, not a wish
+
+
+def model_passes(choice, size: tuple[int, int], target: tuple[int, int], scale: int) -> int:
+    """How many times the model runs. None or 1: once (then resampling reaches the target).
+    "auto": until the result covers the target, at most MAX_AUTO_PASSES. N: like auto, at
+    most N."""
+    if choice is None:
+        return 1
+    if choice == "auto":
+        limit = MAX_AUTO_PASSES
+    elif isinstance(choice, int) and not isinstance(choice, bool) and choice >= 1:
+        limit = choice
+    else:
+        raise InputImageError(f"model passes must be 'auto' or a whole number from 1, not {choice!r}")
+    count, (h, w) = 1, size
+    while count < limit and scale > 1 and (h * scale < target[0] or w * scale < target[1]):
+        count, h, w = count + 1, h * scale, w * scale
+    return count
+
+
 def target_size(h: int, w: int, scale: int, size, factor) -> tuple[int, int]:
     if size is not None:
         th, tw = int(size[0]), int(size[1])

@@ -9,6 +9,7 @@ import torch
 
 from ..engine import PRECISIONS, Choices, Upscaled, is_out_of_memory, upscale
 from ..errors import ModelLoadError
+from ..interpolate import interpolate
 from ..loading import load_model
 from ..resize import RESAMPLE_METHODS, resize_images
 from . import _host
@@ -16,6 +17,7 @@ from . import _host
 log = logging.getLogger("realesrgan_tiled")
 
 MAX_SIDE = 16384
+MODEL_PASSES = ("1", "auto", "2", "3", "4")
 
 
 # ---------------------------------------------------------------- shared
@@ -79,6 +81,42 @@ class LoadUpscaleModel:
             raise ModelLoadError(f"cannot load upscale model {model_name!r}: {msg}") from None
         descriptor.eval()
         descriptor.realesrgan_tiled_name = _host.bundled_name(model_name) or model_name
+        _host.attach_patcher(descriptor)
+        return (descriptor,)
+
+
+# ---------------------------------------------------------------- interpolation
+
+class InterpolateUpscaleModels:
+    """Interpolate Upscale Models (Real-ESRGAN): a weight-space blend of two models."""
+
+    DESCRIPTION = (
+        "Blends two upscale models of the same architecture and shapes, weight by weight: 0 gives model_a, "
+        "1 gives model_b (network interpolation, as Real-ESRGAN's denoise strength blends realesr-general-x4v3 "
+        "with its -wdn twin, or a fine-tune with its base). Refused with the first differing tensor named when "
+        "the models do not match, and when the blend is degenerate."
+    )
+    CATEGORY = _host.CATEGORY
+    RETURN_TYPES = ("UPSCALE_MODEL",)
+    RETURN_NAMES = ("upscale_model",)
+    FUNCTION = "interpolate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model_a": ("UPSCALE_MODEL",),
+                "model_b": ("UPSCALE_MODEL",),
+                "weight": ("FLOAT", {
+                    "default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
+                    "tooltip": "How much of model_b: 0 = model_a, 1 = model_b.",
+                }),
+            }
+        }
+
+    def interpolate(self, model_a, model_b, weight):
+        descriptor = interpolate(model_a, model_b, float(weight))
+        descriptor.realesrgan_tiled_name = f"{model_label(model_a)} x{1 - weight:g} + {model_label(model_b)} x{weight:g}"
         _host.attach_patcher(descriptor)
         return (descriptor,)
 
@@ -220,13 +258,22 @@ class HiresFixUpscale:
             "optional": {
                 "upscale_model": ("UPSCALE_MODEL",),
                 "vae": ("VAE",),
+                # optional, so saved workflows without it keep their results (one pass)
+                "model_passes": (list(MODEL_PASSES), {
+                    "default": "1",
+                    "tooltip": "How many times the model may run, each pass on the previous one's output, before the "
+                               "exact-size resample: 1 = once (e.g. scale_by 8 with an x4 model runs it once and "
+                               "resamples x2); auto = again while the target needs it (up to 4); 2-4 = like auto, "
+                               "at most that many.",
+                }),
             },
         }
 
-    def upscale(self, image, scale_by, width, height, resample, multiple_of, upscale_model=None, vae=None):
+    def upscale(self, image, scale_by, width, height, resample, multiple_of, upscale_model=None, vae=None,
+                model_passes="1"):
         _, in_h, in_w, _ = image.shape
         target = hires_target_size(in_h, in_w, scale_by, width, height, multiple_of)
-        out, report = self.resize(image, target, resample, upscale_model)
+        out, report = self.resize(image, target, resample, upscale_model, model_passes)
         batch = f" (batch of {image.shape[0]})" if image.shape[0] > 1 else ""
         report += batch
         log.info("Hires-Fix Upscale (Real-ESRGAN): %s", report)
@@ -237,7 +284,7 @@ class HiresFixUpscale:
         return (out, latent, report)
 
     @staticmethod
-    def resize(image, target, resample, upscale_model):
+    def resize(image, target, resample, upscale_model, model_passes="1"):
         """(result, report). Model path first; any failure but a cancel -> plain resampling."""
         sizes = f"{image.shape[2]}x{image.shape[1]} -> {target[1]}x{target[0]}"
         if upscale_model is None:
@@ -246,7 +293,8 @@ class HiresFixUpscale:
             return _resample(image, target, resample), f"{resample}: {sizes} (not an upscale, so the model was not run)"
         else:
             try:
-                result = run_model(upscale_model, image, Choices(output_size=target, resample=resample))
+                passes = model_passes if model_passes == "auto" else int(model_passes)
+                result = run_model(upscale_model, image, Choices(output_size=target, resample=resample, passes=passes))
                 return result.images, f"model {model_label(upscale_model)}: {sizes} ({_ran_text(result.ran)})"
             except BaseException as e:
                 if _host.is_cancellation(e) or not isinstance(e, Exception):
@@ -261,6 +309,8 @@ class HiresFixUpscale:
 
 def _ran_text(ran) -> str:
     details = [f"{ran.tiles} tile{'s' if ran.tiles != 1 else ''}", ran.precision]
+    if ran.passes > 1:
+        details.insert(0, f"{ran.passes} model passes")
     if ran.oom_retries:
         details.append(f"{ran.oom_retries} OOM retr{'ies' if ran.oom_retries > 1 else 'y'}")
     if ran.fp32_reruns:

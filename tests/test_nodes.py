@@ -89,6 +89,7 @@ def test_registration_contract():
         "RealESRGAN_LoadUpscaleModel": "Load Upscale Model (Real-ESRGAN)",
         "RealESRGAN_UpscaleImageTiled": "Upscale Image Tiled (Real-ESRGAN)",
         "RealESRGAN_HiresFixUpscale": "Hires-Fix Upscale (Real-ESRGAN)",
+        "RealESRGAN_InterpolateUpscaleModels": "Interpolate Upscale Models (Real-ESRGAN)",
     }
     assert set(NODE_CLASS_MAPPINGS) == set(NODE_DISPLAY_NAME_MAPPINGS)
     for cls in NODE_CLASS_MAPPINGS.values():
@@ -99,7 +100,8 @@ def test_registration_contract():
     assert tiled["precision"][0] == ["auto", "fp32", "fp16", "bf16"]
     hires = HiresFixUpscale.INPUT_TYPES()
     assert list(hires["required"]) == ["image", "scale_by", "width", "height", "resample", "multiple_of"]
-    assert list(hires["optional"]) == ["upscale_model", "vae"]
+    assert list(hires["optional"]) == ["upscale_model", "vae", "model_passes"]  # optional: old workflows validate
+    assert hires["optional"]["model_passes"][1]["default"] == "1"  # and keep their results
     assert hires["required"]["scale_by"][1]["default"] == 2.0 and hires["required"]["multiple_of"][1]["default"] == 8
     assert HiresFixUpscale.RETURN_TYPES == ("IMAGE", "LATENT", "STRING")
     assert LoadUpscaleModel.RETURN_TYPES == ("UPSCALE_MODEL",)
@@ -109,10 +111,12 @@ def test_package_import_pulls_in_no_comfyui():
     import subprocess
 
     code = ("import sys, realesrgan_tiled; "
+            "assert 'realesrgan_tiled.nodes' not in sys.modules, 'the nodes load only when a host asks for them'; "
+            "n = len(realesrgan_tiled.NODE_CLASS_MAPPINGS); "
             "bad = [m for m in sys.modules if m in ('comfy', 'folder_paths', 'nodes') or m.startswith('comfy.')]; "
-            "assert not bad, bad; print(len(realesrgan_tiled.NODE_CLASS_MAPPINGS))")
+            "assert not bad, bad; print(n)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert res.returncode == 0 and res.stdout.strip() == "3", res.stderr
+    assert res.returncode == 0 and res.stdout.strip() == "4", res.stderr
 
 
 @pytest.mark.parametrize("h, w, scale, tw, th, mult, expected", [

@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE_DIR_NAME = "realesrgan_tiled"
 API_DIR = Path(__file__).resolve().parent / "workflows_api"
 EXAMPLES_DIR = REPO / "example_workflows"
-NODE_IDS = ("RealESRGAN_LoadUpscaleModel", "RealESRGAN_UpscaleImageTiled", "RealESRGAN_HiresFixUpscale")
+NODE_IDS = ("RealESRGAN_LoadUpscaleModel", "RealESRGAN_UpscaleImageTiled", "RealESRGAN_HiresFixUpscale",
+            "RealESRGAN_InterpolateUpscaleModels")
 COPY_IGNORE = shutil.ignore_patterns(".venv*", ".git", "__pycache__", "*.egg-info", ".pytest_cache",
                                      ".hypothesis", "out", "build", "dist", "*.pyc")
 

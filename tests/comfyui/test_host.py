@@ -15,17 +15,20 @@ DISPLAY = {
     "RealESRGAN_LoadUpscaleModel": "Load Upscale Model (Real-ESRGAN)",
     "RealESRGAN_UpscaleImageTiled": "Upscale Image Tiled (Real-ESRGAN)",
     "RealESRGAN_HiresFixUpscale": "Hires-Fix Upscale (Real-ESRGAN)",
+    "RealESRGAN_InterpolateUpscaleModels": "Interpolate Upscale Models (Real-ESRGAN)",
 }
 INPUTS = {
     "RealESRGAN_LoadUpscaleModel": ["model_name"],
     "RealESRGAN_UpscaleImageTiled": ["upscale_model", "image", "tile_size", "overlap", "precision"],
     "RealESRGAN_HiresFixUpscale": ["image", "scale_by", "width", "height", "resample", "multiple_of",
-                                   "upscale_model", "vae"],
+                                   "upscale_model", "vae", "model_passes"],
+    "RealESRGAN_InterpolateUpscaleModels": ["model_a", "model_b", "weight"],
 }
 OUTPUTS = {
     "RealESRGAN_LoadUpscaleModel": ["UPSCALE_MODEL"],
     "RealESRGAN_UpscaleImageTiled": ["IMAGE"],
     "RealESRGAN_HiresFixUpscale": ["IMAGE", "LATENT", "STRING"],
+    "RealESRGAN_InterpolateUpscaleModels": ["UPSCALE_MODEL"],
 }
 
 
@@ -132,6 +135,38 @@ def test_example_hires_fix_ksampler_validates_except_checkpoint(server):
     errors = body["node_errors"]
     assert set(errors) == set(harness.nodes_of(prompt, "CheckpointLoaderSimple")), errors
     assert "ckpt_name" in json.dumps(errors)
+
+
+def test_interpolated_model_and_model_passes(server, input_image, bundled):
+    """The interpolation node feeds the hires-fix node, which runs the x2 blend twice for x4
+    (model_passes auto) and says so; checked against the blend and two passes done here."""
+    from realesrgan_tiled.interpolate import interpolate
+
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "2": {"class_type": "RealESRGAN_LoadUpscaleModel", "inputs": {"model_name": "bundled/realesr-animevideov3-x2"}},
+        "3": {"class_type": "RealESRGAN_LoadUpscaleModel", "inputs": {"model_name": "ncnn/animevideov3-x2.param"}},
+        "4": {"class_type": "RealESRGAN_InterpolateUpscaleModels",
+              "inputs": {"model_a": ["2", 0], "model_b": ["3", 0], "weight": 0.4}},
+        "5": {"class_type": "RealESRGAN_HiresFixUpscale",
+              "inputs": {"image": ["1", 0], "scale_by": 4.0, "width": 0, "height": 0, "resample": "lanczos",
+                         "multiple_of": 8, "upscale_model": ["4", 0], "model_passes": "auto"}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "dni"}},
+        "7": {"class_type": "PreviewAny", "inputs": {"source": ["5", 2]}},
+    }
+    entry = server.run_prompt(harness.with_unique_prefix(prompt))
+    (got,) = server.output_images(entry, "6")
+    assert got.shape == (96, 128, 3)
+    report = server.output_text(entry, "7")
+    assert report.startswith("model realesr-animevideov3-x2 x0.6 + ncnn/animevideov3-x2.param x0.4: 32x24 -> 128x96 "
+                             "(2 model passes,"), report
+    blend = interpolate(bundled("realesr-animevideov3-x2"), bundled("realesr-animevideov3-x2"), 0.4)
+    expected = harness.cpu_upscale(blend, input_image, output_size=(96, 128), resample="lanczos", passes="auto")[0]
+    expect_close(got, expected)
+    # without model_passes (a saved workflow) the model runs once and resampling does the rest
+    del prompt["5"]["inputs"]["model_passes"]
+    entry = server.run_prompt(harness.with_unique_prefix(prompt))
+    assert "model passes" not in server.output_text(entry, "7")
 
 
 # ---------------------------------------------------------------- more host behaviour
