@@ -18,21 +18,43 @@ from ..archs import Cost, OurModel
 GENERIC_OVERLAP = 48  # px, for models whose receptive field we do not know
 PROBE_SIDES = (48, 96)  # input px of the two probe tiles of a model we measure
 PROBE_MARGIN = 1.25  # extrapolating a straight line from two small probes to a large tile
-UNKNOWN_FREE = 4 << 30  # when the platform gives no memory figure
+UNKNOWN_FREE = 4 << 30  # when neither /proc/meminfo nor psutil gives a figure
+
+
+MEMINFO = "/proc/meminfo"
 
 
 def available_memory(device: torch.device) -> int:
-    """Bytes a new allocation can get on ``device``: CUDA's free memory plus what torch's
-    cache holds unused; elsewhere the OS's available RAM."""
+    """Bytes a new allocation can get on ``device``: CUDA's (and XPU's) free memory plus what
+    torch's cache holds unused; MPS: its working-set limit less what it holds, within the RAM
+    available (unified memory); elsewhere (CPU, DirectML) the RAM available."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    xpu = getattr(torch, "xpu", None)
+    if device.type == "xpu" and hasattr(xpu, "mem_get_info"):
+        free, _ = xpu.mem_get_info(device)
+        return free + xpu.memory_reserved(device) - xpu.memory_allocated(device)
+    mps = getattr(torch, "mps", None)
+    if device.type == "mps" and hasattr(mps, "recommended_max_memory"):
+        return max(0, min(mps.recommended_max_memory() - mps.driver_allocated_memory(), system_available_memory()))
+    return system_available_memory()
+
+
+def system_available_memory() -> int:
+    """RAM available to a new allocation: Linux's MemAvailable; psutil's figure elsewhere
+    (Windows, macOS: no /proc); a guess only when neither answers."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(MEMINFO) as f:
             info = dict(line.split(":", 1) for line in f)
         return int(info["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
+        pass
+    try:
+        import psutil
+    except ImportError:
         return UNKNOWN_FREE
+    return int(psutil.virtual_memory().available)
 
 
 def model_overlap(model) -> int:

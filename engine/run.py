@@ -27,6 +27,10 @@ from .tiles import MIN_TILE, axis_spans, count_tiles, round_tile
 log = logging.getLogger(__name__)
 
 HOME_BYTES_PER_OUTPUT_PIXEL = 4 * 4  # a tile's fp32 output (up to 4 channels) on its way to the host
+FP32_SWITCH_AFTER = 2  # half-precision tiles that overflowed before the rest of a run goes fp32
+# CUDA/CPU allocators ("out of memory", "can't allocate memory"), MPS ("MPS backend out of
+# memory"), XPU, and DirectML ("not enough GPU video memory")
+OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough gpu video memory")
 
 
 @dataclass
@@ -110,9 +114,20 @@ def _upscale_once(images: torch.Tensor, model, choices: Choices, host: Host) -> 
                 _upscale_image(run, images[b], passes, dest, tile)
                 if not direct:
                     out[b] = resize_images(dest.unsqueeze(0), target, resample)[0].to(host.output_dtype)
-    finally:
-        model.to(host.offload_device)  # hand the device back even on error or cancel
+    except BaseException:
+        _offload_quietly(model, host.offload_device)  # even on error or cancel, without hiding the error
+        raise
+    model.to(host.offload_device)  # hand the device back
     return Upscaled(out, ran)
+
+
+def _offload_quietly(model, device) -> None:
+    """After a failure: move the model off the device if the device still lets us (after a
+    sticky CUDA error it does not, and that second error must not replace the first)."""
+    try:
+        model.to(device)
+    except Exception as e:
+        log.warning("could not move the model off the device after an error: %s", e)
 
 
 def _weight_bytes(model) -> int:
@@ -130,7 +145,8 @@ def _tile_size(model, chosen: int | None, host: Host, device, dtype, image_hw, m
             host.make_room(device, int(cost.fixed + per_pixel * pixels))
         if chosen is None:
             budget = settings.tile_budget(device, host.free_memory(device))
-            chosen = settings.auto_tile_size(image_hw, cost.fixed, per_pixel, budget)
+            chosen = settings.auto_tile_size(image_hw, cost.fixed, per_pixel, budget,
+                                             settings.device_tile_cap(device, int(model.scale)))
     return round_tile(chosen, multiple)
 
 
@@ -174,8 +190,10 @@ def _tiled(run: _Run, source: torch.Tensor, tile: int, emit, report: bool) -> No
         for col in cols:
             if run.host.check_cancel is not None:
                 run.host.check_cancel()
-            out = _run_tile(run, source[:, row.start : row.end, col.start : col.end])
-            emit(row.start * s, col.start * s, out * (row.weight[:, None] * col.weight[None, :]))
+            weight = row.weight[:, None] * col.weight[None, :]
+            whole = bool((weight == 1).all())  # e.g. the tile is the whole image: nothing to multiply
+            emit(row.start * s, col.start * s, _run_tile(run, source[:, row.start : row.end, col.start : col.end],
+                                                         None if whole else weight))
             if report:
                 run.done_tiles += 1
                 _report_progress(run)
@@ -186,25 +204,49 @@ def _report_progress(run: _Run) -> None:
         run.host.progress(min(run.done_tiles, run.total_tiles), run.total_tiles)
 
 
-def _run_tile(run: _Run, tile_in: torch.Tensor) -> torch.Tensor:
-    """One tile on the device; returns its fp32 output on the host. Too big for memory: the
-    same region again as smaller tiles. Half-precision output not finite: fp32 again."""
+def _run_tile(run: _Run, tile_in: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """One tile on the device; returns its output, clamped and times ``weight`` (its blend
+    weights; None = all ones), fp32 on the host. Too big for memory: the same region again as
+    smaller tiles. Half-precision output not finite: fp32 again."""
     if max(tile_in.shape[-2:]) >= run.tile_cap + run.multiple:  # last tiles may run multiple - 1 over
-        return _split(run, tile_in, run.tile_cap)
+        return _weighted(_split(run, tile_in, run.tile_cap), weight)
     try:
-        out = _forward(run, tile_in, run.dtype)
-        if run.dtype != torch.float32 and not bool(torch.isfinite(out).all()):
-            run.ran.fp32_reruns += 1
-            log.info("non-finite %s output in a tile; re-running it in fp32", settings.dtype_name(run.dtype))
-            if run.host.check_cancel is not None:
-                run.host.check_cancel()
-            out = _forward(run, tile_in, torch.float32)
+        out = _forward_checked(run, tile_in)
     except RuntimeError as e:  # CUDA out of memory is a RuntimeError
         if not is_out_of_memory(e):
             raise
-        return _retry_smaller(run, tile_in)
+        out = None  # retried below: outside this block, whose traceback keeps the failed forward's memory alive
+    if out is None:
+        return _weighted(_retry_smaller(run, tile_in), weight)
     run.ran.tiles += 1
-    return torch.nan_to_num_(out, nan=0.0).clamp_(0, 1)
+    # on the device: clamp and weight there, then one copy home
+    out = torch.nan_to_num_(out, nan=0.0).clamp_(0, 1)
+    if weight is not None:
+        out = out * weight.to(out.device, non_blocking=True)
+    return out.cpu()
+
+
+def _forward_checked(run: _Run, tile_in: torch.Tensor) -> torch.Tensor:
+    """The tile's fp32 output on the device; a half-precision output that is not finite is
+    re-run in fp32, and after FP32_SWITCH_AFTER such re-runs the rest of the run is fp32."""
+    out = _forward(run, tile_in, run.dtype)
+    if run.dtype == torch.float32 or bool(torch.isfinite(out).all()):  # the one sync the NaN guard needs
+        return out
+    del out
+    run.ran.fp32_reruns += 1
+    log.info("non-finite %s output in a tile; re-running it in fp32", settings.dtype_name(run.dtype))
+    if run.ran.fp32_reruns >= FP32_SWITCH_AFTER:
+        log.warning("%d tiles overflowed in %s; finishing this run in fp32", run.ran.fp32_reruns,
+                    settings.dtype_name(run.dtype))
+        run.ran.precision = f"{settings.dtype_name(run.dtype)}, then fp32"
+        run.dtype = torch.float32
+    if run.host.check_cancel is not None:
+        run.host.check_cancel()
+    return _forward(run, tile_in, torch.float32)
+
+
+def _weighted(out: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    return out if weight is None else out * weight
 
 
 def _retry_smaller(run: _Run, tile_in: torch.Tensor) -> torch.Tensor:
@@ -235,8 +277,10 @@ def _split(run: _Run, tile_in: torch.Tensor, tile: int) -> torch.Tensor:
 
 
 def _forward(run: _Run, tile_in: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The raw (unclamped) model output for one tile, fp32 on the host."""
-    x = tile_in.to(run.device, non_blocking=True).unsqueeze(0).float()
+    """The raw (unclamped) model output for one tile, fp32 on the device."""
+    # contiguous, and non_blocking only to CUDA: a non-blocking copy from a pageable strided
+    # slice returns wrong values on MPS (PyTorch #139550, #189690)
+    x = tile_in.contiguous().to(run.device, non_blocking=run.device.type == "cuda").unsqueeze(0).float()
     x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0, 1)  # bad pixels never reach the net
     with checking_cancel(run.host.check_cancel):  # our networks check between their windows too
         if dtype == torch.float32:
@@ -244,7 +288,7 @@ def _forward(run: _Run, tile_in: torch.Tensor, dtype: torch.dtype) -> torch.Tens
         else:
             with torch.autocast(device_type=run.device.type, dtype=dtype):
                 y = call_model(run.model, x)
-    return y[0].float().cpu()
+    return y[0].float()
 
 
 def call_model(descriptor, x: torch.Tensor) -> torch.Tensor:
@@ -265,9 +309,12 @@ def is_out_of_memory(e: BaseException) -> bool:
     if isinstance(e, torch.cuda.OutOfMemoryError):
         return True
     text = str(e).lower()
-    return "out of memory" in text or "can't allocate memory" in text
+    return any(marker in text for marker in OOM_MARKERS)
 
 
 def _release_cached(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    """Give the allocator's cached blocks back, on whichever backend ran the tile."""
+    backend = getattr(torch, device.type, None) if device.type in ("cuda", "mps", "xpu") else None
+    empty_cache = getattr(backend, "empty_cache", None)
+    if empty_cache is not None:
+        empty_cache()

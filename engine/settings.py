@@ -38,7 +38,7 @@ def resolve_precision(precision: str | None, model, device: torch.device) -> tor
             return torch.float32
         if model.supports_half:
             return torch.float16
-        if model.supports_bfloat16 and torch.cuda.is_bf16_supported():
+        if model.supports_bfloat16 and native_bf16(device):
             return torch.bfloat16
         return torch.float32
     dtype = DTYPES[precision]
@@ -73,16 +73,45 @@ def tile_budget(device: torch.device, free: int) -> float:
     return free * 0.6 if device.type == "cuda" else min(free * 0.4, CPU_WORKING_SET)
 
 
-def auto_tile_size(image_hw: tuple[int, int], fixed: float, per_pixel: float, budget: float) -> int:
+def auto_tile_size(image_hw: tuple[int, int], fixed: float, per_pixel: float, budget: float,
+                   max_side: int | None = None) -> int:
     """The largest tile whose working set (``fixed + per_pixel * px``) fits the budget. When the
     whole image fits, it is one tile: it computes no overlap twice and has no seams, and on CPU
-    our networks already walk large maps in cache-sized windows themselves."""
+    our networks already walk large maps in cache-sized windows themselves. ``max_side`` caps
+    either answer (see ``device_tile_cap``)."""
     height, width = image_hw
     budget -= fixed
     if height * width * per_pixel <= budget:
-        return round_up(max(height, width), 8)
-    side = int(math.sqrt(max(budget, 0) / per_pixel))
-    return max(MIN_TILE, min(side, 4096))
+        side = round_up(max(height, width), 8)
+    else:
+        side = max(MIN_TILE, min(int(math.sqrt(max(budget, 0) / per_pixel)), 4096))
+    return side if max_side is None else max(MIN_TILE, min(side, max_side))
+
+
+# Past 2**31 elements in one tensor, GPU kernels' support varies (32-bit indexing). The widest
+# full-resolution maps of our networks have 64 channels at the output scale (x4plus' upsampling
+# tail), so a tile stays under that below sqrt(2**31 / 64) output px a side.
+LARGEST_TENSOR_ELEMENTS = 2**31 - 1
+WIDE_FEATURES = 64
+
+
+def device_tile_cap(device: torch.device, scale: int) -> int | None:
+    """The largest automatic tile side (input px) on ``device``; None on the CPU, where our
+    networks walk large maps in windows and no single tensor gets that big."""
+    if device.type == "cpu":
+        return None
+    return max(MIN_TILE, int(math.sqrt(LARGEST_TENSOR_ELEMENTS / WIDE_FEATURES)) // max(1, scale) // 8 * 8)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """bf16 runs natively on ``device`` itself: on NVIDIA from Ampere (compute capability 8)
+    on; ``torch.cuda.is_bf16_supported()`` also counts emulation (Turing, Volta and Pascal run
+    bf16 convs through a slow fallback) and asks about the current device, not this one."""
+    if device.type != "cuda":
+        return False
+    if torch.version.hip:  # ROCm: torch's answer is about the hardware
+        return torch.cuda.is_bf16_supported()
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 MAX_AUTO_PASSES = 4  # x4 four times is x256: past that a target is a typo, not a wish

@@ -273,8 +273,68 @@ def test_half_precision_overflow_reruns_in_fp32(precision):
     fp32 = upscaled(model, image, tile_size=16, overlap=8, precision="fp32")
     assert bool(torch.isfinite(out).all())
     if precision == "fp16":  # bf16 has fp32's range: no overflow, no re-run
-        assert ran.fp32_reruns == ran.tiles == 4
+        # two tiles overflow and re-run; then the run remembers and finishes in fp32
+        assert ran.tiles == 4 and ran.fp32_reruns == 2 and ran.precision == "fp16, then fp32"
+    else:
+        assert ran.fp32_reruns == 0 and ran.precision == "bf16"
     assert (out - fp32).abs().max() < 1e-2
+
+
+def test_the_oom_retry_runs_after_the_failed_tiles_memory_is_released(compact):
+    """The failed forward's working memory lives in its frames, which the exception's traceback
+    keeps alive: the smaller tiles must not run beside it (on a GPU they would OOM in turn)."""
+    import weakref
+
+    failed_buffers, alive_during_retry = [], []
+    inner = compact._call_fn if hasattr(compact, "_call_fn") else None
+
+    def call(module, x):
+        working_set = torch.empty(1 << 20)  # the forward's buffers, alive in this frame
+        if x.shape[-1] > 32:
+            failed_buffers.append(weakref.ref(working_set))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
+        alive_during_retry.append(sum(ref() is not None for ref in failed_buffers))
+        return inner(module, x)
+
+    model = _descriptor(compact.model)
+    model._call_fn = call
+    result = run_engine(model, torch.rand(1, 48, 48, 3), tile_size=48, overlap=8)
+    assert result.ran.oom_retries == 1 and len(failed_buffers) == 1
+    assert alive_during_retry and set(alive_during_retry) == {0}, "the failed tile's memory was still held"
+
+
+def test_an_error_while_offloading_after_a_failure_does_not_hide_the_failure(compact):
+    """After a sticky device error, moving the model off the device fails too: the user must
+    see the first error."""
+    model = _descriptor(compact.model)
+    calls = {"to": 0}
+    real_to = model.to
+
+    def to(*args, **kwargs):
+        calls["to"] += 1
+        if calls["to"] > 1:  # the first .to() puts it on the device; the offload after the error fails
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real_to(*args, **kwargs)
+
+    model.to = to
+    model._call_fn = lambda module, x: (_ for _ in ()).throw(ValueError("the real failure"))
+    with pytest.raises(ValueError, match="the real failure"):
+        upscaled(model, torch.rand(1, 8, 8, 3))
+    assert calls["to"] == 2
+
+
+@pytest.mark.parametrize("message", [
+    "CUDA out of memory. Tried to allocate 20.00 MiB",
+    "MPS backend out of memory (MPS allocated: 1.2 GB)",
+    "XPU out of memory. Tried to allocate 1.00 GiB",
+    "Could not allocate tensor with 1073741824 bytes. There is not enough GPU video memory available!",  # DirectML
+    "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1000000 bytes",
+])
+def test_out_of_memory_messages_of_every_backend(message):
+    from realesrgan_tiled.engine import is_out_of_memory
+
+    assert is_out_of_memory(RuntimeError(message))
+    assert not is_out_of_memory(RuntimeError("Expected all tensors to be on the same device"))
 
 
 def test_nan_in_one_half_precision_tile_reruns_only_that_tile(compact):

@@ -70,3 +70,34 @@ def test_models_with_large_size_requirements_get_two_probe_sizes():
     cost = measured_cost(model, CPU, torch.float32, lambda m, x: sizes.append(x.shape[-1]) or call_model(m, x))
     assert sizes == [128, 192]
     assert cost.per_pixel >= (8 + 12) * 4  # the two conv outputs per input pixel, at least
+
+
+def test_without_procfs_the_ram_figure_comes_from_psutil_not_a_guess(monkeypatch, tmp_path):
+    """Windows and macOS have no /proc/meminfo: the budget must be the machine's, not 4 GiB."""
+    import psutil
+
+    from realesrgan_tiled.engine import memory
+
+    monkeypatch.setattr(memory, "MEMINFO", str(tmp_path / "no-such-file"))
+    got = memory.available_memory(torch.device("cpu"))
+    expected = psutil.virtual_memory().available
+    assert got != memory.UNKNOWN_FREE and abs(got - expected) < 0.1 * expected
+
+
+def test_accelerator_tiles_stay_under_2_to_the_31_elements():
+    """On a GPU the automatic tile is capped so that a 64-channel map at the output scale stays
+    below 2**31 elements, even when memory would allow the whole image; the CPU is not capped."""
+    from realesrgan_tiled.engine.settings import auto_tile_size, device_tile_cap
+
+    for scale in (1, 2, 4, 8):
+        cap = device_tile_cap(torch.device("cuda"), scale)
+        assert 64 * (cap * scale) ** 2 < 2**31 and 64 * ((cap + 8) * scale) ** 2 >= 2**31 * 0.9
+    huge_budget = float(1 << 40)
+    assert auto_tile_size((6000, 6000), 0, 1000, huge_budget, device_tile_cap(torch.device("cuda"), 4)) == 1448
+    assert auto_tile_size((6000, 6000), 0, 1000, huge_budget, device_tile_cap(torch.device("cpu"), 4)) == 6000
+
+
+def test_bf16_is_native_only_where_the_hardware_has_it():
+    from realesrgan_tiled.engine.settings import native_bf16
+
+    assert not native_bf16(torch.device("cpu"))
