@@ -154,6 +154,10 @@ class OurModel(ImageModelDescriptor):
         y = self.plan_on(x.device).run(self.network, x)
         return model.resize(y) if isinstance(model, OutputResize) else y
 
+    def window_steps(self, device: torch.device, height: int, width: int) -> int:
+        """Windows one forward of an input this size walks on ``device`` (0: it runs whole)."""
+        return self.plan_on(device).window_steps(self.network, height, width)
+
     def cost(self, device: torch.device, element_size: int) -> Cost:
         """Peak memory of one tile through this model, for the engine's tile size."""
         base = self.our_architecture.cost(self.network, self.plan_on(device), element_size)

@@ -81,9 +81,11 @@ def for_each_window(work: Callable[[Window], None], wins: Iterable[Window], thre
     wins = list(wins)
     pool = _window_pool(worker_count(threads))
     run = _in_callers_modes(work, _check_cancel.get())
+    tick = _on_window.get() or (lambda: None)
     if pool is None or len(wins) < 2:
         for win in wins:
             run(win)
+            tick()
         return
     failed = threading.Event()
 
@@ -97,7 +99,9 @@ def for_each_window(work: Callable[[Window], None], wins: Iterable[Window], thre
             raise
 
     futures = [pool.submit(run_unless_failed, win) for win in wins]
-    concurrent.futures.wait(futures)  # all done before any error surfaces: none still writing
+    for _ in concurrent.futures.as_completed(futures):
+        tick()  # in the caller's thread: hosts' progress bars need not be thread-safe
+    # all done before any error surfaces: none still writing
     for future in futures:
         future.result()
 
@@ -111,17 +115,20 @@ def worker_count(threads: int | None) -> int:
 
 
 _check_cancel: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("check_cancel", default=None)
+_on_window: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("on_window", default=None)
 
 
 @contextlib.contextmanager
-def checking_cancel(check_cancel: Callable[[], None] | None) -> Iterator[None]:
+def checking_cancel(check_cancel: Callable[[], None] | None, on_window: Callable[[], None] | None = None) -> Iterator[None]:
     """Within this block, windows call ``check_cancel()`` first; whatever it raises stops the
-    network. One image tile on CPU can take minutes; a window takes well under a second."""
-    token = _check_cancel.set(check_cancel)
+    network. One image tile on CPU can take minutes; a window takes well under a second.
+    ``on_window()`` is called after each window (progress within a tile), in the caller's thread."""
+    tokens = _check_cancel.set(check_cancel), _on_window.set(on_window)
     try:
         yield
     finally:
-        _check_cancel.reset(token)
+        _check_cancel.reset(tokens[0])
+        _on_window.reset(tokens[1])
 
 
 def _in_callers_modes(work: Callable[[Window], None], check: Callable[[], None] | None) -> Callable[[Window], None]:

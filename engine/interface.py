@@ -15,7 +15,7 @@ class Host:
     adapter builds one per call; every field has a plain-PyTorch default."""
 
     device: torch.device | str | None = None  # None or "auto": CUDA when available, else CPU
-    progress: Callable[[int, int], None] | None = None  # (tiles done, total tiles)
+    progress: Callable[[float, int], None] | None = None  # (tiles done, fractional within a tile; total tiles)
     check_cancel: Callable[[], None] | None = None  # raises to stop; runs before every tile and window
     output_device: torch.device | str = "cpu"  # where the result goes
     output_dtype: torch.dtype = torch.float32

@@ -10,10 +10,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 
 import torch
 
+from ..archs import OurModel
 from ..archs.padding import pad_bottom_right
 from ..archs.windows import checking_cancel
 from ..errors import RealESRGANTiledError
@@ -27,6 +29,7 @@ from .tiles import MIN_TILE, axis_spans, count_tiles, round_tile
 log = logging.getLogger(__name__)
 
 HOME_BYTES_PER_OUTPUT_PIXEL = 4 * 4  # a tile's fp32 output (up to 4 channels) on its way to the host
+PROGRESS_INTERVAL = 0.25  # s between progress reports within a tile
 FP32_SWITCH_AFTER = 2  # half-precision tiles that overflowed before the rest of a run goes fp32
 # CUDA/CPU allocators ("out of memory", "can't allocate memory"), MPS ("MPS backend out of
 # memory"), XPU, and DirectML ("not enough GPU video memory")
@@ -48,6 +51,7 @@ class _Run:
     total_tiles: int = 0
     done_tiles: int = 0
     tile_cap: int = 0  # lowered after an OOM so later tiles do not fail the same way
+    reported_at: float = 0.0  # when progress within a tile was last reported
 
 
 def upscale(images: torch.Tensor, model, choices: Choices | None = None, host: Host | None = None) -> Upscaled:
@@ -199,9 +203,30 @@ def _tiled(run: _Run, source: torch.Tensor, tile: int, emit, report: bool) -> No
                 _report_progress(run)
 
 
-def _report_progress(run: _Run) -> None:
+def _report_progress(run: _Run, within_tile: float = 0.0) -> None:
+    """Tiles done, plus the fraction of the current one (on CPU one tile is often the whole
+    image and takes minutes: the bar must move within it)."""
     if run.host.progress is not None:
-        run.host.progress(min(run.done_tiles, run.total_tiles), run.total_tiles)
+        done = min(run.done_tiles, run.total_tiles)
+        run.host.progress(done + within_tile if within_tile and done < run.total_tiles else done, run.total_tiles)
+
+
+def _window_progress(run: _Run, x: torch.Tensor):
+    """An ``on_window`` callback for our networks' window walk: reports the fraction of this
+    tile done, at most every PROGRESS_INTERVAL seconds. None for models without windows."""
+    steps = run.model.window_steps(run.device, *x.shape[-2:]) if isinstance(run.model, OurModel) else 0
+    if run.host.progress is None or steps < 2:
+        return None
+    seen = [0]
+
+    def on_window() -> None:
+        seen[0] += 1
+        now = time.monotonic()
+        if now - run.reported_at >= PROGRESS_INTERVAL:
+            run.reported_at = now
+            _report_progress(run, min(seen[0] / steps, 0.99))
+
+    return on_window
 
 
 def _run_tile(run: _Run, tile_in: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -282,7 +307,7 @@ def _forward(run: _Run, tile_in: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     # slice returns wrong values on MPS (PyTorch #139550, #189690)
     x = tile_in.contiguous().to(run.device, non_blocking=run.device.type == "cuda").unsqueeze(0).float()
     x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0, 1)  # bad pixels never reach the net
-    with checking_cancel(run.host.check_cancel):  # our networks check between their windows too
+    with checking_cancel(run.host.check_cancel, _window_progress(run, x)):  # our networks check between their windows too
         if dtype == torch.float32:
             y = call_model(run.model, x)
         else:

@@ -473,3 +473,27 @@ def test_progress_reaches_total_when_an_opaque_alpha_skips_its_pass(compact):
     seen = []
     upscaled(compact, image, tile_size=24, overlap=8, progress=lambda d, t: seen.append((d, t)))
     assert seen[-1][0] == seen[-1][1] == 8  # 4 RGB tiles + the 4 alpha tiles it did not need
+
+
+@pytest.mark.parametrize("build", ["rrdbnet", "srvgg"])
+def test_progress_moves_within_one_tile(build, monkeypatch):
+    """On CPU one tile is often the whole image and takes minutes: progress must advance with
+    the network's windows, not sit at 0/1 (seen in the real frontend as a frozen '[0%]')."""
+    from realesrgan_tiled.engine import run as engine_run
+    from realesrgan_tiled.loading import build_descriptor
+    from realesrgan_tiled.sniff import sniff
+
+    from .model_fixtures import rrdbnet_state, srvgg_state
+
+    monkeypatch.setattr(engine_run, "PROGRESS_INTERVAL", 0.0)  # every window, for the count below
+    state = rrdbnet_state(num_feat=8, num_block=2, num_grow_ch=8) if build == "rrdbnet" else srvgg_state(num_feat=8)
+    model = build_descriptor(sniff(state))
+    image = torch.rand(1, 300, 280, 3)
+    reports = []
+    result = run_engine(model, image, tile_size=320, progress=lambda done, total: reports.append((done, total)))
+    assert result.ran.tiles == 1
+    within = [done for done, total in reports if 0 < done < 1]
+    steps = model.window_steps(torch.device("cpu"), 300, 280)
+    assert steps > 1 and len(within) == steps
+    assert within == sorted(within) and within[-1] <= 0.99
+    assert reports[0] == (0, 1) and reports[-1] == (1, 1)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..windows import for_each_window, windows, worker_count
+from ..windows import even_spans, for_each_window, windows, worker_count
 from .network import ResidualDenseBlock, RRDBNet
 
 RDB_HALO = 5  # one px per 3x3 conv of a dense block
@@ -46,6 +46,20 @@ class RRDBNetPlan:
         body = self._trunk(net.body, feat)
         feat = feat + net.conv_body(body)
         return net.crop(self._tail(net, feat), x)
+
+    def window_steps(self, net: RRDBNet, height: int, width: int, element_size: int = 4) -> int:
+        """Windows ``run`` walks for an input of this size (progress within a tile); 0: none."""
+        h, w = -(-height // net.unshuffle), -(-width // net.unshuffle)  # the trunk map
+        trunk = 0
+        if self.trunk_window is not None and h * w > self.whole_map_max_pixels and len(net.body):
+            trunk = 3 * len(net.body) * len(even_spans(h, self.trunk_window)) * len(even_spans(w, self.trunk_window))
+        up = 2**net.num_upsample
+        if self.tail_window is not None:
+            rows = cols = self.tail_window
+        else:
+            rows, cols = max(1, self.tail_strip_bytes // max(3 * net.num_feat * w * up * up * element_size, 1)), w
+        tail = 0 if rows >= h and cols >= w else len(even_spans(h, rows)) * len(even_spans(w, cols))
+        return trunk + tail
 
     def window_bytes(self, net: RRDBNet, element_size: int) -> int:
         """Memory of the per-window buffers, which does not grow with the image."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..windows import for_each_window, windows
+from ..windows import even_spans, for_each_window, windows
 from .network import SRVGGNetCompact
 
 
@@ -37,6 +37,12 @@ class SRVGGPlan:
         for layer in net.body:
             out = layer(out)
         return net.add_base(out, x)
+
+    def window_steps(self, net: SRVGGNetCompact, height: int, width: int, element_size: int = 4) -> int:
+        """Windows ``run`` walks for an input of this size (progress within a tile); 0: none."""
+        if self.window is None or height * width <= self.whole_map_max_pixels:
+            return 0
+        return len(even_spans(height, self.window[0])) * len(even_spans(width, self.window[1]))
 
     def window_bytes(self, net: SRVGGNetCompact, element_size: int) -> int:
         """Memory of one window's feature maps (about three at a time)."""
