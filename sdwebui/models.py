@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..bundled_models import BUNDLED, DEFAULT_MODEL, bundled_model_path, bundled_models_dir
 from ..errors import ModelLoadError
+from ..health import Listed, Refused
 from ..loading import load_model
 
 log = logging.getLogger("realesrgan_tiled")
@@ -20,19 +20,6 @@ log = logging.getLogger("realesrgan_tiled")
 NAME_SUFFIX = " (tiled)"
 # .bin is listed through its .param (an ncnn pair); a lone .bin is not a model we list
 MODEL_SUFFIXES = (".pth", ".pt", ".safetensors", ".param")
-
-
-@dataclass(frozen=True)
-class Listed:
-    name: str
-    path: str
-    scale: int
-
-
-@dataclass(frozen=True)
-class Refused:
-    path: str
-    reason: str
 
 
 def upscaler_name(stem: str) -> str:

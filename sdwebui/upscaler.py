@@ -17,10 +17,10 @@ from modules.upscaler import Upscaler, UpscalerData
 
 from ..engine import Host, upscale
 from ..errors import RealESRGANTiledError, UpscaleCancelled
+from ..health import HEALTH
 from ..image_files import pil_to_pixels, pixels_to_pil
 from ..loading import load_model
 from . import settings
-from .health import HEALTH
 from .models import discover, native_scale, one_line
 
 log = logging.getLogger("realesrgan_tiled")

