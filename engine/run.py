@@ -52,6 +52,7 @@ class _Run:
     done_tiles: int = 0
     tile_cap: int = 0  # lowered after an OOM so later tiles do not fail the same way
     reported_at: float = 0.0  # when progress within a tile was last reported
+    reported: float = -1.0  # the last value reported: progress never goes back (OOM sub-tiles restart their windows)
 
 
 def upscale(images: torch.Tensor, model, choices: Choices | None = None, host: Host | None = None) -> Upscaled:
@@ -208,7 +209,11 @@ def _report_progress(run: _Run, within_tile: float = 0.0) -> None:
     image and takes minutes: the bar must move within it)."""
     if run.host.progress is not None:
         done = min(run.done_tiles, run.total_tiles)
-        run.host.progress(done + within_tile if within_tile and done < run.total_tiles else done, run.total_tiles)
+        value = done + within_tile if within_tile and done < run.total_tiles else done
+        if within_tile and value <= run.reported:
+            return
+        run.reported = value
+        run.host.progress(value, run.total_tiles)
 
 
 def _window_progress(run: _Run, x: torch.Tensor):

@@ -494,8 +494,8 @@ def test_progress_moves_within_one_tile(build, monkeypatch):
     assert result.ran.tiles == 1
     within = [done for done, total in reports if 0 < done < 1]
     steps = model.window_steps(torch.device("cpu"), 300, 280)
-    assert steps > 1 and len(within) == steps
-    assert within == sorted(within) and within[-1] <= 0.99
+    assert steps > 1 and steps - 1 <= len(within) <= steps  # every window (the last ones cap at 99 %)
+    assert within == sorted(set(within)) and within[-1] <= 0.99  # strictly rising
     assert reports[0] == (0, 1) and reports[-1] == (1, 1)
 
 
