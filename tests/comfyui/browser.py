@@ -82,6 +82,10 @@ class Frontend:
     def load_ui(self, workflow: dict) -> None:
         self.page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
 
+    def graph(self) -> dict:
+        """The loaded graph as the frontend would save it."""
+        return self.page.evaluate("() => JSON.parse(JSON.stringify(window.app.graph.serialize()))")
+
     def graph_to_prompt(self) -> dict:
         """The API form the frontend sends for the loaded graph."""
         return self.page.evaluate("async () => (await window.app.graphToPrompt()).output")

@@ -19,6 +19,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import browser  # noqa: E402
 import harness  # noqa: E402
 
+SD15_CHECKPOINT = {  # what the frontend offers to download when the checkpoint is missing
+    "name": "v1-5-pruned-emaonly-fp16.safetensors",
+    "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly-fp16.safetensors",
+    "directory": "checkpoints",
+}
+SD15_NOTE = (
+    "This workflow needs a Stable Diffusion 1.5 checkpoint in models/checkpoints: "
+    "v1-5-pruned-emaonly-fp16.safetensors (2 GB; the frontend offers the download when it is missing), "
+    "or pick any SD1.5 checkpoint you have in Load Checkpoint.\n\n"
+    "The first KSampler makes a 512x512 image; Hires-Fix Upscale (Real-ESRGAN) upscales it x2 with the model "
+    "and encodes it with the VAE; the second KSampler refines it at denoise 0.5."
+)
+
+
+def polish(name: str, workflow: dict) -> dict:
+    """What the frontend's saved layout lacks: fixed seeds (a template that reproduces), the
+    checkpoint's download metadata and a note saying it is needed, node sizes that fit, and
+    no text node over an image preview."""
+    nodes = workflow["nodes"]
+    for node in nodes:
+        if node["type"] == "KSampler":
+            node["widgets_values"][1] = "fixed"
+        if node["type"] == "CheckpointLoaderSimple":
+            node["properties"]["models"] = [SD15_CHECKPOINT]
+            node["size"] = [315, 98]
+    save = next((n for n in nodes if n["type"] == "SaveImage"), None)
+    preview = next((n for n in nodes if n["type"] == "PreviewAny"), None)
+    if save is not None and preview is not None and preview["pos"][0] == save["pos"][0]:
+        preview["pos"] = [save["pos"][0] + save["size"][0] + 60, save["pos"][1]]  # the saved image grows downward
+    if any(n["type"] == "CheckpointLoaderSimple" for n in nodes):
+        workflow["last_node_id"] += 1
+        nodes.append({"id": workflow["last_node_id"], "type": "Note", "pos": [100, 940], "size": [430, 190], "flags": {},
+                      "order": len(nodes), "mode": 0, "inputs": [], "outputs": [], "properties": {},
+                      "widgets_values": [SD15_NOTE]})
+    return workflow
+
 
 def main() -> int:
     cfg = harness.host_config()
@@ -40,7 +76,7 @@ def main() -> int:
             for api_path in sorted(harness.API_DIR.glob("*.json")):
                 name = api_path.stem
                 front.reload()
-                workflow = front.load_api(json.loads(api_path.read_text()))
+                workflow = polish(name, front.load_api(json.loads(api_path.read_text())))
                 out = harness.EXAMPLES_DIR / f"{name}.json"
                 out.write_text(json.dumps(workflow, indent=2) + "\n")
                 front.screenshot(str(harness.EXAMPLES_DIR / f"{name}.jpg"))

@@ -46,7 +46,13 @@ def test_example_workflow_in_frontend(front, server, name, input_image, bundled)
     assert _strip(prompt) == _strip(harness.load_api(name)), "the frontend's API form differs from the twin"
     assert not front.serious_errors(), front.serious_errors()
     if harness.needs_checkpoint(prompt):
-        return  # no diffusion checkpoint on the test host: load + conversion only
+        # no diffusion checkpoint on the test host: load + conversion, and the template explains itself
+        nodes = front.graph()["nodes"]
+        loader = next(n for n in nodes if n["type"] == "CheckpointLoaderSimple")
+        assert loader["properties"]["models"][0]["directory"] == "checkpoints"  # the frontend can offer it
+        assert any(n["type"] == "Note" and "SD1.5 checkpoint" in n["widgets_values"][0] for n in nodes)
+        assert all(n["widgets_values"][1] == "fixed" for n in nodes if n["type"] == "KSampler")
+        return
 
     entry = _queue_from_page(front, server)
     assert entry["status"]["status_str"] == "success", entry["status"]
