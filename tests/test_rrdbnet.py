@@ -57,12 +57,18 @@ def reference(variant: str, size: tuple[int, int]) -> torch.Tensor:
         with torch.no_grad():
             if oracle == "spandrel":
                 ref_model = ModelLoader().load_from_state_dict(dict(sd)).model.eval()
-                _ref_cache[key] = ref_model(x)
+                _ref_cache[key] = crop_to_scale(ref_model(x), x, VARIANTS[variant][1])
                 # the functional oracle must agree with spandrel wherever both apply
                 assert (rrdbnet_oracle(sd, x) - _ref_cache[key]).abs().max() <= TOL
             else:
                 _ref_cache[key] = rrdbnet_oracle(sd, x)
     return _ref_cache[key]
+
+
+def crop_to_scale(y: torch.Tensor, x: torch.Tensor, scale: int) -> torch.Tensor:
+    """spandrel 0.3.4's pixel-unshuffle networks (the WebUIs pin it) return their padded size;
+    0.4 crops to ``scale`` times the input, as ours does."""
+    return y[..., : x.shape[-2] * scale, : x.shape[-1] * scale]
 
 
 def _unshuffle(variant: str) -> int:
@@ -130,7 +136,7 @@ def test_descriptor_call_matches_spandrel_descriptor(tmp_path, variant):
     assert ours.scale == theirs.scale
     x = image(19, 13, seed=3)
     with torch.no_grad():
-        assert (ours(x) - theirs.model.eval()(x).clamp(0, 1)).abs().max().item() <= TOL
+        assert (ours(x) - crop_to_scale(theirs.model.eval()(x), x, ours.scale).clamp(0, 1)).abs().max().item() <= TOL
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".ckpt", ".bin"])
