@@ -10,8 +10,10 @@ CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 NODE_IDS = ("RealESRGAN_LoadUpscaleModel", "RealESRGAN_UpscaleImageTiled", "RealESRGAN_HiresFixUpscale")
+# known noise; "Error fetching file size": the missing-model dialog asks the checkpoint's download
+# host (the URL a workflow's properties.models carries) for its size, and this machine is offline
 HARMLESS = ("user.css", "userdata", "Failed to load resource", "api.comfy.org", "ERR_NAME_NOT_RESOLVED",
-            "ERR_INTERNET_DISCONNECTED", "ERR_CONNECTION_REFUSED", "settings")
+            "ERR_INTERNET_DISCONNECTED", "ERR_CONNECTION_REFUSED", "settings", "Error fetching file size")
 
 
 def available() -> str | None:

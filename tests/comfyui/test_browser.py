@@ -52,6 +52,8 @@ def test_example_workflow_in_frontend(front, server, name, input_image, bundled)
         assert loader["properties"]["models"][0]["directory"] == "checkpoints"  # the frontend can offer it
         assert any(n["type"] == "Note" and "SD1.5 checkpoint" in n["widgets_values"][0] for n in nodes)
         assert all(n["widgets_values"][1] == "fixed" for n in nodes if n["type"] == "KSampler")
+        # the frontend's missing-model dialog names the checkpoint (and offers its download)
+        front.page.wait_for_selector("text=v1-5-pruned-emaonly-fp16.safetensors", timeout=10_000)
         return
 
     entry = _queue_from_page(front, server)
