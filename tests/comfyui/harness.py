@@ -152,7 +152,8 @@ class ComfyServer:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [str(self.python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-             "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:"],
+             "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:",
+             *os.environ.get("COMFYUI_EXTRA_ARGS", "").split()],  # e.g. --front-end-root DIR: another frontend
             cwd=self.comfy_dir, stdout=self._log, stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )

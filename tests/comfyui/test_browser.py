@@ -22,7 +22,12 @@ def front(server):
 
 
 def _strip(prompt: dict) -> dict:
-    return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()}
+    """Class and inputs, less PreviewAny's display-only 'preview' widget (frontend 1.27 sends
+    it, 1.58 does not; it is core's, not ours)."""
+    def inputs(v):
+        return {k: x for k, x in v["inputs"].items() if not (v["class_type"] == "PreviewAny" and k == "preview")}
+
+    return {k: {"class_type": v["class_type"], "inputs": inputs(v)} for k, v in prompt.items()}
 
 
 def _queue_from_page(front, server, timeout=300) -> dict:
