@@ -84,6 +84,24 @@ class Frontend:
     def load_ui(self, workflow: dict) -> None:
         self.page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
 
+    def node_help(self, display_name: str) -> str | None:
+        """The text the node library's help button shows for a node (its docs page); None where
+        this frontend's library has no such button (1.58 keeps only Bookmark there)."""
+        page = self.page
+        page.locator("button.node-library-tab-button, button[aria-label^='Node Library']").first.click()
+        search = page.locator("input[placeholder*='earch']").first
+        search.wait_for(timeout=10_000)
+        search.fill(display_name)
+        leaf = page.locator(".p-tree-node-leaf, [role=treeitem]").filter(has_text=display_name).last
+        leaf.hover()
+        page.wait_for_timeout(300)
+        button = leaf.locator("button.help-button, button[aria-label*='elp']")
+        if button.count() == 0:
+            return None
+        button.first.click()
+        page.wait_for_selector(f"h1:has-text('{display_name}')", timeout=10_000)
+        return page.evaluate("() => document.body.innerText")
+
     def graph(self) -> dict:
         """The loaded graph as the frontend would save it."""
         return self.page.evaluate("() => JSON.parse(JSON.stringify(window.app.graph.serialize()))")

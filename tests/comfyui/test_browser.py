@@ -76,3 +76,22 @@ def test_example_workflow_in_frontend(front, server, name, input_image, bundled)
     else:
         assert got.shape == (96, 128, 3)
         expect_close(got, harness.cpu_upscale(x4, input_image)[0])
+
+
+@pytest.mark.parametrize("node_id", ["RealESRGAN_LoadUpscaleModel", "RealESRGAN_UpscaleImageTiled",
+                                     "RealESRGAN_HiresFixUpscale", "RealESRGAN_InterpolateUpscaleModels"])
+def test_help_page_shows_in_the_frontend(front, node_id):
+    """The node library's help button shows our web/docs/<node id>.md, rendered."""
+    source = (harness.REPO / "web" / "docs" / f"{node_id}.md").read_text()
+    title = source.splitlines()[0].lstrip("# ").strip()
+    def plain(markdown: str) -> str:  # what the rendered page shows, give or take emphasis marks
+        return " ".join(markdown.replace("`", "").replace("*", "").split())
+
+    opening = plain(source.split("\n\n")[1])[:80]
+    front.reload()
+    shown = front.node_help(title)
+    if shown is None:
+        pytest.skip("this frontend's node library has no help button (its node docs are reached elsewhere)")
+    text = plain(shown)
+    assert opening in text, (opening, text[:800])
+    assert not front.serious_errors(), front.serious_errors()

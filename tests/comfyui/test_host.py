@@ -170,8 +170,10 @@ def test_interpolated_model_and_model_passes(server, input_image, bundled):
 
 
 def test_help_pages_are_served_for_every_node(server, object_info):
-    """The frontend shows web/docs/<node id>.md (WEB_DIRECTORY) as the node's help."""
+    """The frontend shows web/docs/<node id>.md (WEB_DIRECTORY) as the node's help: it fetches
+    /extensions/<python_module less "custom_nodes.">/docs/<node id>.md."""
     for node_id in DISPLAY:
+        assert object_info[node_id]["python_module"] == f"custom_nodes.{harness.PACKAGE_DIR_NAME}"
         page = server.get(f"/extensions/{harness.PACKAGE_DIR_NAME}/docs/{node_id}.md", raw=True).decode()
         assert page.startswith(f"# {DISPLAY[node_id]}\n"), page[:200]
         for name in INPUTS[node_id]:
