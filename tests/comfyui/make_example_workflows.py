@@ -56,6 +56,54 @@ def polish(name: str, workflow: dict) -> dict:
     return workflow
 
 
+def before_after(model_name: str, image_path: Path, out: Path, title: str) -> None:
+    """A template card picture that shows what the workflow does: a crop of the input scaled up
+    by pixel repetition, beside the same crop through the model (our engine, CPU)."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    from realesrgan_tiled.bundled_models import bundled_model_path
+    from realesrgan_tiled.engine import Choices, Host, upscale
+    from realesrgan_tiled.loading import load_model
+
+    source = np.asarray(Image.open(image_path).convert("RGB"))
+    crop = _busiest_crop(source, 96)
+    pixels = __import__("torch").from_numpy(crop.astype(np.float32) / 255).unsqueeze(0)
+    model = load_model(bundled_model_path(model_name))
+    after = upscale(pixels, model, Choices(precision="fp32"), Host(device="cpu")).images[0]
+    after = Image.fromarray(np.rint(after.clamp(0, 1).numpy() * 255).astype(np.uint8))
+    before = Image.fromarray(crop).resize(after.size, Image.NEAREST)
+    card = Image.new("RGB", (after.width * 2 + 12, after.height + 56), (24, 24, 27))
+    card.paste(before, (0, 56))
+    card.paste(after, (after.width + 12, 56))
+    draw, font = ImageDraw.Draw(card), ImageFont.load_default(size=22)
+    draw.text((12, 14), title, fill=(235, 235, 235), font=font)
+    small = ImageFont.load_default(size=16)
+    draw.text((8, 62), "input x4 (pixels)", fill=(255, 255, 255), font=small, stroke_width=2, stroke_fill=(0, 0, 0))
+    draw.text((after.width + 20, 62), model_name, fill=(255, 255, 255), font=small, stroke_width=2, stroke_fill=(0, 0, 0))
+    card.save(out, quality=88)
+
+
+def _busiest_crop(image, side: int):
+    """The side x side crop with the most detail (gradient energy): what shows an upscaler's effect."""
+    import numpy as np
+
+    gray = image.astype(np.float32).mean(-1)
+    energy = np.abs(np.diff(gray, axis=0))[:, :-1] + np.abs(np.diff(gray, axis=1))[:-1]
+    step = side // 2
+    best = max((energy[y : y + side, x : x + side].sum(), y, x) for y in range(0, energy.shape[0] - side, step)
+                for x in range(0, energy.shape[1] - side, step))
+    _, y, x = best
+    return image[y : y + side, x : x + side]
+
+
+CARD_TITLES = {
+    "tiled_upscale": "Tiled upscale x4, seam-free",
+    "hires_fix_image": "Hires-fix step: model upscale to an exact size",
+    "core_upscale_with_model": "Our loader feeding core's Upscale Image",
+}
+
+
 def main() -> int:
     cfg = harness.host_config()
     if cfg is None:
@@ -79,7 +127,11 @@ def main() -> int:
                 workflow = polish(name, front.load_api(json.loads(api_path.read_text())))
                 out = harness.EXAMPLES_DIR / f"{name}.json"
                 out.write_text(json.dumps(workflow, indent=2) + "\n")
-                front.screenshot(str(harness.EXAMPLES_DIR / f"{name}.jpg"))
+                thumbnail = harness.EXAMPLES_DIR / f"{name}.jpg"
+                if name in CARD_TITLES:  # a workflow that runs without a checkpoint: show its effect
+                    before_after("RealESRGAN_x4plus", comfy_dir / "input" / "example.png", thumbnail, CARD_TITLES[name])
+                else:
+                    front.screenshot(str(thumbnail))
                 print("wrote", out)
             if front.serious_errors():
                 print("browser errors:", *front.serious_errors(), sep="\n  ")
