@@ -26,6 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))  # model_fixtures: test models shared with the tests
 
 
 def photo(side: int) -> torch.Tensor:
@@ -54,6 +55,16 @@ class Checker:
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def timed(self, fn, *args):
+        """(seconds, result) of a second call ``fn(*args)`` (the first warms up), synchronised
+        with the device."""
+        fn(*args)
+        self.sync()
+        t = time.perf_counter()
+        result = fn(*args)
+        self.sync()
+        return time.perf_counter() - t, result
 
     def run(self, name: str, fn) -> None:
         t = time.perf_counter()
@@ -135,31 +146,22 @@ class Checker:
 
     def throughput(self) -> dict:
         rows = {}
-        cases = [("RealESRGAN_x4plus", self.size(1024, 32), 1), ("realesr-animevideov3-x4", self.size(1080, 24), 1)]
-        for name, side, _ in cases:
+        cases = [("RealESRGAN_x4plus", self.size(1024, 32)), ("realesr-animevideov3-x4", self.size(1080, 24))]
+        for name, side in cases:
             model = self.models[name]
             image = photo(side)
             row = {}
             for benchmark in (False, True):
-                torch.backends.cudnn.benchmark = benchmark
-                self.upscale(model, image)  # warm-up (and autotuning with benchmark on)
-                self.sync()
-                t = time.perf_counter()
-                ran = self.upscale(model, image).ran
-                self.sync()
-                engine_s = time.perf_counter() - t
+                torch.backends.cudnn.benchmark = benchmark  # with it on, the warm-up call autotunes
+                engine_s, result = self.timed(self.upscale, model, image)
                 row[f"engine_s_benchmark_{'on' if benchmark else 'off'}"] = round(engine_s, 4)
             torch.backends.cudnn.benchmark = False
+            ran = result.ran
             x = image.movedim(-1, 1).to(self.device)
             dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(ran.precision, torch.float32)
             with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
                 model.to(self.device)
-                model(x)
-                self.sync()
-                t = time.perf_counter()
-                model(x)
-                self.sync()
-                net_s = time.perf_counter() - t
+                net_s, _ = self.timed(model, x)
                 model.to("cpu")
             row.update(network_alone_s=round(net_s, 4), busy_percent=round(100 * net_s / max(engine_s, 1e-9), 1),
                        precision=ran.precision, tiles=ran.tiles, input=f"{side}x{side}")
@@ -182,24 +184,9 @@ class Checker:
                 model.to("cpu")
             return out
 
-        core_run()
-        t = time.perf_counter()
-        core_run()
-        core_s = time.perf_counter() - t
-        self.upscale(model, image)
-        self.sync()
-        t = time.perf_counter()
-        self.upscale(model, image)
-        self.sync()
-        ours_s = time.perf_counter() - t
-        x2 = self._x2_rrdbnet()
-        small = photo(self.size(768, 16))
-        self.upscale(x2, small)
-        self.sync()
-        t = time.perf_counter()
-        self.upscale(x2, small)
-        self.sync()
-        x2_s = time.perf_counter() - t
+        core_s, _ = self.timed(core_run)
+        ours_s, _ = self.timed(self.upscale, model, image)
+        x2_s, _ = self.timed(self.upscale, self._x2_rrdbnet(), photo(self.size(768, 16)))
         speedup = core_s / ours_s
         goal = self.dry or (speedup >= 4 and x2_s <= 0.1)
         return {"passed": goal, "core_fp32_s": round(core_s, 4), "ours_s": round(ours_s, 4), "speedup": round(speedup, 2),
@@ -233,25 +220,9 @@ class Checker:
                 "tiles": ran.tiles, "allocated_after_mib": round((after - before) / 2**20, 1), "cap_gib": 6}
 
     def nan_guard(self) -> dict:
-        from spandrel import ImageModelDescriptor, SizeRequirements
+        from model_fixtures import OverflowsInHalf, as_descriptor  # tests/model_fixtures.py
 
-        from realesrgan_tiled.archs import ARCHITECTURES
-
-        class Overflows(torch.nn.Module):  # finite in fp32, inf in fp16
-            def __init__(self):
-                super().__init__()
-                self.up = torch.nn.Conv2d(3, 3, 1, bias=False)
-                self.down = torch.nn.Conv2d(3, 48, 1, bias=False)
-                self.up.weight.data = torch.eye(3).view(3, 3, 1, 1) * 1e5
-                self.down.weight.data = torch.eye(3).repeat(16, 1).view(48, 3, 1, 1) * 1e-5
-
-            def forward(self, x):
-                return torch.nn.functional.pixel_shuffle(self.down(self.up(x)), 4)
-
-        net = Overflows()
-        model = ImageModelDescriptor(net, net.state_dict(), architecture=ARCHITECTURES["RRDBNet"], purpose="SR", tags=[],
-                                     supports_half=True, supports_bfloat16=True, scale=4, input_channels=3,
-                                     output_channels=3, size_requirements=SizeRequirements())
+        model = as_descriptor(OverflowsInHalf())
         image = photo(self.size(64, 24))
         result = self.upscale(model, image, tile_size=image.shape[1] // 2, overlap=4, precision="fp16")
         finite = bool(torch.isfinite(result.images).all())

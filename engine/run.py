@@ -85,7 +85,7 @@ def _add_runs(total: RunReport, one: RunReport) -> RunReport:
 
 
 def _upscale_once(images: torch.Tensor, model, choices: Choices, host: Host) -> Upscaled:
-    settings.check_images(images)
+    """One model pass; ``upscale`` checked the images (a later pass gets our own output)."""
     settings.check_tile_choices(choices.tile_size, choices.overlap)
     resample = settings.resample_method(choices.resample)
     device = settings.resolve_device(host.device)

@@ -200,3 +200,30 @@ def srvgg_oracle(sd: dict, x: torch.Tensor, act: str, upscale: int) -> torch.Ten
 
 def image(h: int, w: int, c: int = 3, seed: int = 0) -> torch.Tensor:
     return torch.rand(1, c, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+class OverflowsInHalf(torch.nn.Module):
+    """An x4 "model" that is finite in fp32 and inf in fp16: the first conv scales by 1e5
+    (> fp16's 65504), the second scales back down. For the NaN guard (tests, bench/gpu_check.py)."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.Conv2d(3, 3, 1, bias=False)
+        self.down = torch.nn.Conv2d(3, 48, 1, bias=False)
+        self.up.weight.data = torch.eye(3).view(3, 3, 1, 1) * 1e5
+        self.down.weight.data = torch.eye(3).repeat(16, 1).view(48, 3, 1, 1) * 1e-5
+        self.hyperparameters = {}
+
+    def forward(self, x):
+        return F.pixel_shuffle(self.down(self.up(x)), 4)
+
+
+def as_descriptor(net: torch.nn.Module, scale: int = 4):
+    """Any 3-channel network as a spandrel ImageModelDescriptor that supports fp16 and bf16."""
+    from spandrel import ImageModelDescriptor, SizeRequirements
+
+    from realesrgan_tiled.archs import ARCHITECTURES
+
+    return ImageModelDescriptor(net, net.state_dict(), architecture=ARCHITECTURES["RRDBNet"], purpose="SR",
+                                tags=[], supports_half=True, supports_bfloat16=True, scale=scale,
+                                input_channels=3, output_channels=3, size_requirements=SizeRequirements())

@@ -16,6 +16,7 @@ from realesrgan_tiled.resize import resize_images
 from realesrgan_tiled.sniff import sniff
 
 from .conftest import photo, psnr, run_engine, upscaled
+from .model_fixtures import OverflowsInHalf, as_descriptor
 
 
 def _descriptor(net: torch.nn.Module):
@@ -238,35 +239,9 @@ def test_non_oom_errors_propagate(compact):
         upscaled(model, torch.rand(1, 8, 8, 3))
 
 
-class _OverflowsInHalf(torch.nn.Module):
-    """Finite in fp32, inf in fp16: the first conv scales by 1e5 (> fp16's 65504), the second
-    scales back down."""
-
-    def __init__(self):
-        super().__init__()
-        self.up = torch.nn.Conv2d(3, 3, 1, bias=False)
-        self.down = torch.nn.Conv2d(3, 48, 1, bias=False)
-        self.up.weight.data = torch.eye(3).view(3, 3, 1, 1) * 1e5
-        self.down.weight.data = torch.eye(3).repeat(16, 1).view(48, 3, 1, 1) * 1e-5
-        self.hyperparameters = {}
-
-    def forward(self, x):
-        return torch.nn.functional.pixel_shuffle(self.down(self.up(x)), 4)
-
-
-def _wrap(net, scale=4):
-    from spandrel import ImageModelDescriptor, SizeRequirements
-
-    from realesrgan_tiled.archs import ARCHITECTURES
-
-    return ImageModelDescriptor(net, net.state_dict(), architecture=ARCHITECTURES["RRDBNet"], purpose="SR",
-                                tags=[], supports_half=True, supports_bfloat16=True, scale=scale,
-                                input_channels=3, output_channels=3, size_requirements=SizeRequirements())
-
-
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_half_precision_overflow_reruns_in_fp32(precision):
-    model = _wrap(_OverflowsInHalf())
+    model = as_descriptor(OverflowsInHalf())
     image = torch.rand(1, 20, 20, 3)
     result = run_engine(model, image, tile_size=16, overlap=8, precision=precision)
     out, ran = result.images, result.ran

@@ -18,7 +18,8 @@ from realesrgan_tiled.errors import InputImageError
 from realesrgan_tiled.loading import load_model
 
 from .conftest import upscaled
-from .test_engine import _OverflowsInHalf, _spy_descriptor, _wrap
+from .model_fixtures import OverflowsInHalf, as_descriptor
+from .test_engine import _spy_descriptor
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_four_hundred_frames_stream_one_tile_at_a_time(compact_file):
 
 
 def test_cancel_during_the_fp32_rerun_then_next_run_matches_a_fresh_model():
-    model, spy = _spy_descriptor(_wrap(_OverflowsInHalf()))
+    model, spy = _spy_descriptor(as_descriptor(OverflowsInHalf()))
     image = torch.rand(1, 20, 20, 3)  # one tile
     checks = {"n": 0}
 
@@ -88,7 +89,7 @@ def test_cancel_during_the_fp32_rerun_then_next_run_matches_a_fresh_model():
     assert checks["n"] == 2 and model.device.type == "cpu"
     spy.calls.clear()
     again = upscaled(model, image, precision="fp16")
-    fresh = upscaled(_wrap(_OverflowsInHalf()), image, precision="fp16")
+    fresh = upscaled(as_descriptor(OverflowsInHalf()), image, precision="fp16")
     assert torch.equal(again, fresh)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,9 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared server process
+from host_server import HostServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_DIR_NAME = "realesrgan_tiled"
@@ -133,54 +135,21 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 # ---------------------------------------------------------------- server
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class ComfyServer(HostServer):
+    label, ready_path = "ComfyUI", "/system_stats"
 
-
-class ComfyServer:
     def __init__(self, comfy_dir: Path, python: Path, base: Path):
+        super().__init__(comfy_dir, base / "comfyui.log")
         self.comfy_dir, self.python, self.base = comfy_dir, python, base
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = base / "comfyui.log"
-        self.proc: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
 
+    def command(self) -> list[str]:
+        return [str(self.python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+                "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:",
+                *os.environ.get("COMFYUI_EXTRA_ARGS", "").split()]  # e.g. --front-end-root DIR: another frontend
+
     def start(self, timeout: float = 120.0) -> None:
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [str(self.python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-             "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:",
-             *os.environ.get("COMFYUI_EXTRA_ARGS", "").split()],  # e.g. --front-end-root DIR: another frontend
-            cwd=self.comfy_dir, stdout=self._log, stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited ({self.proc.returncode}):\n{self.log()[-5000:]}")
-            try:
-                self.get("/system_stats")
-                return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.5)
-        raise RuntimeError(f"ComfyUI did not answer within {timeout}s:\n{self.log()[-5000:]}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if getattr(self, "_log", None):
-            self._log.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        super().start(timeout)
 
     # -- HTTP
     def request(self, path: str, data=None, method=None, raw=False, timeout=30):

@@ -13,9 +13,8 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -23,6 +22,9 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared server process
+from host_server import HostServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 EXTENSION_DIR_NAME = "sd-webui-realesrgan-tiled"  # any folder name works: the WebUI names it after the clone
@@ -145,58 +147,29 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 # ---------------------------------------------------------------- server
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ApiError(Exception):
     def __init__(self, status: int, body: str):
         super().__init__(f"HTTP {status}: {body[:2000]}")
         self.status, self.body = status, body
 
 
-class WebUIServer:
+class WebUIServer(HostServer):
+    label, ready_path = "the WebUI", "/sdapi/v1/upscalers"
+
     def __init__(self, webui_dir: Path, python: Path, data_dir: Path, flags: list[str]):
+        super().__init__(webui_dir, data_dir / "webui.log")
         self.webui_dir, self.python, self.data_dir, self.flags = webui_dir, python, data_dir, flags
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = data_dir / "webui.log"
-        self.proc: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        return [str(self.python), "launch.py", "--skip-prepare-environment", "--skip-torch-cuda-test", "--api",
+                "--nowebui", "--skip-version-check", "--port", str(self.port), "--data-dir", str(self.data_dir),
+                *self.flags]
+
+    def environment(self) -> dict:
+        return dict(super().environment(), HF_HUB_OFFLINE="1")
 
     def start(self, timeout: float = 180.0) -> None:
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [str(self.python), "launch.py", "--skip-prepare-environment", "--skip-torch-cuda-test", "--api", "--nowebui",
-             "--skip-version-check", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.flags],
-            cwd=self.webui_dir, stdout=self._log, stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1"),
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the WebUI exited ({self.proc.returncode}):\n{self.log()[-5000:]}")
-            try:
-                self.get("/sdapi/v1/upscalers")
-                return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.5)
-        raise RuntimeError(f"the WebUI did not answer within {timeout}s:\n{self.log()[-5000:]}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if getattr(self, "_log", None):
-            self._log.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        super().start(timeout)
 
     def peak_rss_bytes(self) -> int:
         """The server process's peak resident memory so far (Linux VmHWM)."""
