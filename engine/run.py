@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 HOME_BYTES_PER_OUTPUT_PIXEL = 4 * 4  # a tile's fp32 output (up to 4 channels) on its way to the host
 PROGRESS_INTERVAL = 0.25  # s between progress reports within a tile
+PINNED_CHUNK_BYTES = 32 << 20  # the page-locked buffer tile outputs come home through (CUDA)
 FP32_SWITCH_AFTER = 2  # half-precision tiles that overflowed before the rest of a run goes fp32
 # CUDA/CPU allocators ("out of memory", "can't allocate memory"), MPS ("MPS backend out of
 # memory"), XPU, and DirectML ("not enough GPU video memory")
@@ -253,7 +254,40 @@ def _run_tile(run: _Run, tile_in: torch.Tensor, weight: torch.Tensor | None = No
     out = torch.nan_to_num_(out, nan=0.0).clamp_(0, 1)
     if weight is not None:
         out = out * weight.to(out.device, non_blocking=True)
-    return out.cpu()
+    return _home(out)
+
+
+def _home(out: torch.Tensor) -> torch.Tensor:
+    """A tile's [C, H, W] output, on the host. Off the CPU the device first permutes it to the
+    host's HWC order, so the add into the result reads contiguous rows."""
+    if out.device.type == "cpu":
+        return out
+    hwc = out.permute(1, 2, 0).contiguous()
+    return (_copy_home_pinned(hwc) if out.device.type == "cuda" else hwc.cpu()).permute(2, 0, 1)
+
+
+def _copy_home_pinned(src: torch.Tensor) -> torch.Tensor:
+    """``src.cpu()`` through one small page-locked buffer: a copy straight into pageable memory,
+    or pinning a whole tile's worth each time, was several times slower (README: GPU check).
+    torch's host allocator keeps the buffer for the next tile and the next run."""
+    try:
+        staging = torch.empty(PINNED_CHUNK_BYTES // src.element_size(), dtype=src.dtype, pin_memory=True)
+    except RuntimeError:  # no page-locked memory to be had
+        return src.cpu()
+    return copy_through(src, staging, torch.cuda.current_stream(src.device).synchronize)
+
+
+def copy_through(src: torch.Tensor, staging: torch.Tensor, wait) -> torch.Tensor:
+    """A host copy of the contiguous ``src``, made chunk by chunk through ``staging`` (1-D, same
+    dtype); ``wait()`` returns once a non-blocking copy into ``staging`` has landed."""
+    home = torch.empty(src.shape, dtype=src.dtype)
+    flat_src, flat_home = src.view(-1), home.view(-1)
+    for start in range(0, flat_src.numel(), staging.numel()):
+        part = flat_src[start : start + staging.numel()]
+        staging[: part.numel()].copy_(part, non_blocking=True)
+        wait()
+        flat_home[start : start + part.numel()].copy_(staging[: part.numel()])
+    return home
 
 
 def _forward_checked(run: _Run, tile_in: torch.Tensor) -> torch.Tensor:

@@ -495,3 +495,16 @@ def test_half_precision_image_batches_come_back_in_the_hosts_dtype(compact, dtyp
     out = upscaled(compact, image.to(dtype), output_dtype=dtype)
     assert out.dtype == dtype
     assert (out.float() - upscaled(compact, image.to(dtype).float())).abs().max() < 1e-2
+
+
+@pytest.mark.parametrize("numel,chunk", [(1, 4), (12, 4), (13, 4), (3, 64)])
+def test_outputs_come_home_whole_through_a_small_staging_buffer(numel, chunk):
+    """The chunked copy CUDA tile outputs take home (through a page-locked buffer there; any
+    buffer here): every element arrives, in place, whatever the remainder."""
+    from realesrgan_tiled.engine.run import copy_through
+
+    src = torch.rand(numel, 3)
+    staging, waits = torch.empty(chunk), []
+    home = copy_through(src, staging, lambda: waits.append(1))
+    assert torch.equal(home, src) and home.data_ptr() != src.data_ptr()
+    assert len(waits) == -(-src.numel() // staging.numel())

@@ -21,8 +21,10 @@ CPU = torch.device("cpu")
 # bundled model, side of the measured tile (large enough for the CPU plans' window paths)
 MODELS = {"realesr-animevideov3-x4": 320, "RealESRGAN_x4plus_anime_6B": 208}
 PLANS = {  # the plans our networks run: CPU windows (one worker, so the tracker sees every window) and whole maps
-    "realesr-animevideov3-x4": {"windows": SRVGGPlan(), "whole-map": SRVGGPlan(window=None, channels_last=False)},
-    "RealESRGAN_x4plus_anime_6B": {"windows": RRDBNetPlan(threads=1), "whole-map": RRDBNetPlan(trunk_window=None, tail_window=None)},
+    "realesr-animevideov3-x4": {"windows": SRVGGPlan(), "whole-map": SRVGGPlan(window=None, channels_last=False),
+                                "cuda-plan": SRVGGPlan.for_device(torch.device("cuda"))},
+    "RealESRGAN_x4plus_anime_6B": {"windows": RRDBNetPlan(threads=1), "whole-map": RRDBNetPlan(trunk_window=None, tail_window=None),
+                                   "cuda-plan": RRDBNetPlan.for_device(torch.device("cuda"))},
 }
 
 
@@ -35,7 +37,7 @@ def _models(name: str, who: str):
     return model
 
 
-@pytest.mark.parametrize("who", ["windows", "whole-map", "spandrel"])
+@pytest.mark.parametrize("who", ["windows", "whole-map", "cuda-plan", "spandrel"])
 @pytest.mark.parametrize("name", list(MODELS))
 def test_estimate_is_at_least_the_measured_peak(name, who):
     model = _models(name, who)

