@@ -23,6 +23,7 @@ class Host:
     free_memory: Callable[[torch.device], int] = available_memory  # bytes free on a device now
     make_room: Callable[[torch.device, int], None] | None = None  # asked to free this many bytes before the run
     is_oom: Callable[[BaseException], bool] | None = None  # the host's own out-of-memory test, besides ours
+    progress_interval: float = 0.25  # at least this many seconds between progress reports within a tile
 
 
 @dataclass(frozen=True)

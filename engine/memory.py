@@ -41,11 +41,11 @@ def available_memory(device: torch.device) -> int:
     return system_available_memory()
 
 
-def system_available_memory() -> int:
+def system_available_memory(meminfo: str = MEMINFO) -> int:
     """RAM available to a new allocation: Linux's MemAvailable; psutil's figure elsewhere
     (Windows, macOS: no /proc); a guess only when neither answers."""
     try:
-        with open(MEMINFO) as f:
+        with open(meminfo) as f:
             info = dict(line.split(":", 1) for line in f)
         return int(info["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):

@@ -29,7 +29,6 @@ from .tiles import MIN_TILE, axis_spans, count_tiles, round_tile
 log = logging.getLogger(__name__)
 
 HOME_BYTES_PER_OUTPUT_PIXEL = 4 * 4  # a tile's fp32 output (up to 4 channels) on its way to the host
-PROGRESS_INTERVAL = 0.25  # s between progress reports within a tile
 PINNED_CHUNK_BYTES = 32 << 20  # the page-locked buffer tile outputs come home through (CUDA)
 FP32_SWITCH_AFTER = 2  # half-precision tiles that overflowed before the rest of a run goes fp32
 # CUDA/CPU allocators ("out of memory", "can't allocate memory"), MPS ("MPS backend out of
@@ -219,7 +218,7 @@ def _report_progress(run: _Run, within_tile: float = 0.0) -> None:
 
 def _window_progress(run: _Run, x: torch.Tensor):
     """An ``on_window`` callback for our networks' window walk: reports the fraction of this
-    tile done, at most every PROGRESS_INTERVAL seconds. None for models without windows."""
+    tile done, at most every ``host.progress_interval`` seconds. None for models without windows."""
     steps = run.model.window_steps(run.device, *x.shape[-2:]) if isinstance(run.model, OurModel) else 0
     if run.host.progress is None or steps < 2:
         return None
@@ -228,7 +227,7 @@ def _window_progress(run: _Run, x: torch.Tensor):
     def on_window() -> None:
         seen[0] += 1
         now = time.monotonic()
-        if now - run.reported_at >= PROGRESS_INTERVAL:
+        if now - run.reported_at >= run.host.progress_interval:
             run.reported_at = now
             _report_progress(run, min(seen[0] / steps, 0.99))
 

@@ -55,3 +55,18 @@ def run_engine(model, images: torch.Tensor, **kwargs) -> Upscaled:
 def upscaled(model, images: torch.Tensor, **kwargs) -> torch.Tensor:
     """Just the images of ``run_engine``."""
     return run_engine(model, images, **kwargs).images
+
+
+@pytest.fixture(scope="session")
+def compact():
+    """A small SRVGGNetCompact: receptive field num_conv + 2 = 6 px, so tiling with enough
+    overlap must reproduce the whole-image output exactly (up to float rounding)."""
+    from realesrgan_tiled.archs import SRVGGNetCompact
+
+    from .engine_fixtures import descriptor_of
+
+    torch.manual_seed(0)
+    net = SRVGGNetCompact(num_feat=16, num_conv=4, upscale=4)
+    for p in net.parameters():
+        p.data.mul_(0.5)
+    return descriptor_of(net)

@@ -5,41 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from realesrgan_tiled.archs import RRDBNet, RRDBNetPlan, SRVGGNetCompact, SRVGGPlan
+from realesrgan_tiled.archs import RRDBNet
 from realesrgan_tiled.bundled_models import bundled_model_path
-from realesrgan_tiled.engine import call_model
 from realesrgan_tiled.engine.channels import channel_passes
 from realesrgan_tiled.engine.tiles import MIN_TILE, axis_spans, tile_starts
-from realesrgan_tiled.errors import InputImageError, RealESRGANTiledError
+from realesrgan_tiled.errors import InputImageError
 from realesrgan_tiled.loading import build_descriptor, load_model
 from realesrgan_tiled.resize import resize_images
 from realesrgan_tiled.sniff import sniff
 
 from .conftest import photo, psnr, run_engine, upscaled
-from .model_fixtures import OverflowsInHalf, as_descriptor
-
-
-def _descriptor(net: torch.nn.Module):
-    return build_descriptor(sniff(net.state_dict(), getattr(net, "act_type", None)))
-
-
-@pytest.fixture(scope="module")
-def compact():
-    """A small SRVGGNetCompact: receptive field num_conv + 2 = 6 px, so tiling with enough
-    overlap must reproduce the whole-image output exactly (up to float rounding)."""
-    torch.manual_seed(0)
-    net = SRVGGNetCompact(num_feat=16, num_conv=4, upscale=4)
-    for p in net.parameters():
-        p.data.mul_(0.5)
-    return _descriptor(net)
-
-
-def _direct(model, images: torch.Tensor) -> torch.Tensor:
-    """Oracle: the whole image through the model in one call, no tiling."""
-    x = images.movedim(-1, 1)
-    with torch.inference_mode():
-        return torch.cat([call_model(model, x[i : i + 1]) for i in range(len(x))]).clamp(0, 1).movedim(1, -1)
-
+from .engine_fixtures import descriptor_of, direct, spy_descriptor
 
 # ---- layout ------------------------------------------------------------------------------
 
@@ -72,7 +48,7 @@ def test_tiled_equals_untiled_for_finite_receptive_field(compact):
     images = photo("astronaut", (70, 90)).repeat(2, 1, 1, 1)
     images[1] = images[1].flip(1)
     tiled = upscaled(compact, images, tile_size=32, overlap=16)
-    assert (tiled - _direct(compact, images)).abs().max() < 1e-5
+    assert (tiled - direct(compact, images)).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("name", [
@@ -98,11 +74,11 @@ def test_real_rrdbnet_tiled_vs_whole_image_psnr(name):
 def test_unshuffle_model_tiles_align_with_pixel_groups():
     torch.manual_seed(1)
     net = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4, num_upsample=2, unshuffle=2)  # an x2 model
-    model = _descriptor(net)
+    model = descriptor_of(net)
     image = torch.rand(1, 45, 51, 3)
     tiled = upscaled(model, image, tile_size=24, overlap=12)
     assert tiled.shape == (1, 90, 102, 3)
-    assert psnr(tiled, _direct(model, image)) > 40
+    assert psnr(tiled, direct(model, image)) > 40
 
 
 @pytest.mark.parametrize("size", [(1, 1), (2, 3), (3, 2), (1, 17), (9, 5)])
@@ -110,7 +86,7 @@ def test_tiny_inputs_match_direct_call(compact, size):
     image = torch.rand(1, *size, 3)
     out = upscaled(compact, image)
     assert out.shape == (1, size[0] * 4, size[1] * 4, 3)
-    assert (out - _direct(compact, image)).abs().max() < 1e-6
+    assert (out - direct(compact, image)).abs().max() < 1e-6
 
 
 # ---- channels ----------------------------------------------------------------------------
@@ -119,9 +95,9 @@ def test_rgba_keeps_alpha_upscaled_with_the_model(compact):
     image = torch.rand(1, 20, 50, 4)
     out = upscaled(compact, image, tile_size=32, overlap=16)
     assert out.shape == (1, 80, 200, 4)
-    assert (out[..., :3] - _direct(compact, image[..., :3])).abs().max() < 1e-5
+    assert (out[..., :3] - direct(compact, image[..., :3])).abs().max() < 1e-5
     alpha_as_rgb = image[..., 3:].expand(-1, -1, -1, 3)
-    assert (out[..., 3] - _direct(compact, alpha_as_rgb).mean(-1)).abs().max() < 1e-5
+    assert (out[..., 3] - direct(compact, alpha_as_rgb).mean(-1)).abs().max() < 1e-5
 
 
 def test_opaque_alpha_stays_exactly_opaque(compact):
@@ -135,7 +111,7 @@ def test_gray_image_runs_as_gray_rgb(compact):
     image = torch.rand(1, 11, 13, 1)
     out = upscaled(compact, image)
     assert out.shape == (1, 44, 52, 1)
-    assert (out[..., 0] - _direct(compact, image.expand(-1, -1, -1, 3)).mean(-1)).abs().max() < 1e-5
+    assert (out[..., 0] - direct(compact, image.expand(-1, -1, -1, 3)).mean(-1)).abs().max() < 1e-5
 
 
 def test_channel_passes_respect_model_channels():
@@ -150,7 +126,7 @@ def test_output_scale_is_a_high_quality_resize_of_the_model_output(compact):
     image = torch.rand(1, 16, 18, 3)
     out = upscaled(compact, image, output_scale=1.5)
     assert out.shape == (1, 24, 27, 3)
-    expected = resize_images(_direct(compact, image), (24, 27), "lanczos")
+    expected = resize_images(direct(compact, image), (24, 27), "lanczos")
     assert (out - expected).abs().max() < 1e-5
 
 
@@ -165,7 +141,7 @@ def test_nan_and_out_of_range_pixels_give_finite_output(compact):
     image[0, 5, 6, 1] = float("inf")
     out = upscaled(compact, image)
     assert bool(torch.isfinite(out).all()) and out.min() >= 0 and out.max() <= 1
-    assert (out - _direct(compact, torch.nan_to_num(image, 0, 1, 0).clamp(0, 1))).abs().max() < 1e-5
+    assert (out - direct(compact, torch.nan_to_num(image, 0, 1, 0).clamp(0, 1))).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("bad", [torch.rand(1, 0, 5, 3), torch.rand(1, 5, 5, 2), torch.rand(5, 5, 3),
@@ -182,219 +158,6 @@ def test_unknown_precision_is_refused(compact):
 
 # ---- OOM, precision guard, cancel, streaming ----------------------------------------------
 
-class _Spy:
-    """Wraps a descriptor's call: records every input it sees and can fail on chosen ones."""
-
-    def __init__(self, call, fail=None):
-        self.call, self.fail, self.calls = call, fail, []
-
-    def __call__(self, module, x):
-        self.calls.append((tuple(x.shape), torch.is_autocast_enabled(x.device.type)))
-        if self.fail is not None:
-            err = self.fail(x)
-            if err is not None:
-                raise err
-        return self.call(module, x)
-
-
-def _spy_descriptor(model, fail=None):
-    spy = _Spy(model._call_fn, fail)
-    model._call_fn = spy
-    return model, spy
-
-
-def test_oom_retries_only_the_failed_tile_and_keeps_done_work(compact):
-    """A fake device allocator: the third tile "runs out of memory" above 32x32 px; the two
-    before it are kept, it alone is re-run as smaller tiles, and later tiles start small."""
-    state = {"n": 0}
-
-    def fail(x):
-        state["n"] += 1
-        if state["n"] == 3 and x.shape[-1] * x.shape[-2] > 32 * 32:
-            return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
-        return None
-
-    image = torch.rand(1, 100, 100, 3)
-    expected = _direct(compact, image)
-    model, spy = _spy_descriptor(_descriptor(compact.model), fail)
-    result = run_engine(model, image, tile_size=64, overlap=16)
-    out = result.images
-    assert result.ran.oom_retries == 1
-    sizes = [shape[-2:] for shape, _ in spy.calls]
-    assert sizes[:3] == [(64, 64), (64, 64), (64, 64)]  # the third is the one that failed
-    assert all(max(s) <= 32 for s in sizes[3:]) and len(sizes) > 4
-    assert (out - expected).abs().max() < 1e-5  # sub-tiles keep enough overlap for exactness
-
-
-@pytest.mark.parametrize("size,tile,overlap", [((40, 40), 32, None), ((24, 32), None, None), ((64, 64), 64, 48)])
-def test_oom_that_never_goes_away_is_a_clear_error(compact, size, tile, overlap):
-    model, _ = _spy_descriptor(_descriptor(compact.model), lambda x: torch.OutOfMemoryError("out of memory"))
-    with pytest.raises(RealESRGANTiledError, match="out of memory"):
-        upscaled(model, torch.rand(1, *size, 3), tile_size=tile, overlap=overlap)
-
-
-def test_non_oom_errors_propagate(compact):
-    model, _ = _spy_descriptor(_descriptor(compact.model), lambda x: ValueError("broken model"))
-    with pytest.raises(ValueError, match="broken model"):
-        upscaled(model, torch.rand(1, 8, 8, 3))
-
-
-@pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_half_precision_overflow_reruns_in_fp32(precision):
-    model = as_descriptor(OverflowsInHalf())
-    image = torch.rand(1, 20, 20, 3)
-    result = run_engine(model, image, tile_size=16, overlap=8, precision=precision)
-    out, ran = result.images, result.ran
-    fp32 = upscaled(model, image, tile_size=16, overlap=8, precision="fp32")
-    assert bool(torch.isfinite(out).all())
-    if precision == "fp16":  # bf16 has fp32's range: no overflow, no re-run
-        # two tiles overflow and re-run; then the run remembers and finishes in fp32
-        assert ran.tiles == 4 and ran.fp32_reruns == 2 and ran.precision == "fp16, then fp32"
-    else:
-        assert ran.fp32_reruns == 0 and ran.precision == "bf16"
-    assert (out - fp32).abs().max() < 1e-2
-
-
-def test_the_oom_retry_runs_after_the_failed_tiles_memory_is_released(compact):
-    """The failed forward's working memory lives in its frames, which the exception's traceback
-    keeps alive: the smaller tiles must not run beside it (on a GPU they would OOM in turn)."""
-    import weakref
-
-    failed_buffers, alive_during_retry = [], []
-    inner = compact._call_fn if hasattr(compact, "_call_fn") else None
-
-    def call(module, x):
-        working_set = torch.empty(1 << 20)  # the forward's buffers, alive in this frame
-        if x.shape[-1] > 32:
-            failed_buffers.append(weakref.ref(working_set))
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
-        alive_during_retry.append(sum(ref() is not None for ref in failed_buffers))
-        return inner(module, x)
-
-    model = _descriptor(compact.model)
-    model._call_fn = call
-    result = run_engine(model, torch.rand(1, 48, 48, 3), tile_size=48, overlap=8)
-    assert result.ran.oom_retries == 1 and len(failed_buffers) == 1
-    assert alive_during_retry and set(alive_during_retry) == {0}, "the failed tile's memory was still held"
-
-
-def test_an_error_while_offloading_after_a_failure_does_not_hide_the_failure(compact):
-    """After a sticky device error, moving the model off the device fails too: the user must
-    see the first error."""
-    model = _descriptor(compact.model)
-    calls = {"to": 0}
-    real_to = model.to
-
-    def to(*args, **kwargs):
-        calls["to"] += 1
-        if calls["to"] > 1:  # the first .to() puts it on the device; the offload after the error fails
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return real_to(*args, **kwargs)
-
-    model.to = to
-    model._call_fn = lambda module, x: (_ for _ in ()).throw(ValueError("the real failure"))
-    with pytest.raises(ValueError, match="the real failure"):
-        upscaled(model, torch.rand(1, 8, 8, 3))
-    assert calls["to"] == 2
-
-
-@pytest.mark.parametrize("message", [
-    "CUDA out of memory. Tried to allocate 20.00 MiB",
-    "MPS backend out of memory (MPS allocated: 1.2 GB)",
-    "XPU out of memory. Tried to allocate 1.00 GiB",
-    "Could not allocate tensor with 1073741824 bytes. There is not enough GPU video memory available!",  # DirectML
-    "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1000000 bytes",
-])
-def test_out_of_memory_messages_of_every_backend(message):
-    from realesrgan_tiled.engine import is_out_of_memory
-
-    assert is_out_of_memory(RuntimeError(message))
-    assert not is_out_of_memory(RuntimeError("Expected all tensors to be on the same device"))
-
-
-def test_nan_in_one_half_precision_tile_reruns_only_that_tile(compact):
-    image = torch.rand(1, 48, 48, 3)
-    image[0, :16, :16] = 0.25  # marks the first tile's input
-
-    model, spy = _spy_descriptor(_descriptor(compact.model))
-    inner = spy.call
-
-    def poisoned(module, x):
-        y = inner(module, x)
-        if torch.is_autocast_enabled(x.device.type) and bool((x[..., :4, :4] == 0.25).all()):
-            y = y.clone()
-            y[..., 5, 7] = float("nan")
-        return y
-
-    spy.call = poisoned
-    result = run_engine(model, image, tile_size=32, overlap=16, precision="bf16")
-    out = result.images
-    fp32 = upscaled(model, image, tile_size=32, overlap=16, precision="fp32")
-    assert result.ran.fp32_reruns == 1
-    fp32_calls = [c for c in spy.calls if not c[1]]
-    assert len(fp32_calls) == 1 + 4  # the one re-run, plus the 4 tiles of the fp32 reference run
-    assert bool(torch.isfinite(out).all())
-    assert (out - fp32).abs().max() < 3e-2  # bf16 tiles vs fp32
-
-
-class _Stop(Exception):
-    """What the tests' host cancel checks raise."""
-
-
-class _CancelOnCall:
-    """A host cancel check that raises ``_Stop`` on its nth call and counts every call."""
-
-    def __init__(self, n: int):
-        self.n, self.calls = n, 0
-
-    def __call__(self) -> None:
-        self.calls += 1
-        if self.calls == self.n:
-            raise _Stop()
-
-
-def test_cancel_stops_within_one_tile_and_offloads_the_model(compact):
-    model, spy = _spy_descriptor(_descriptor(compact.model))
-    moves = []
-    original_to = model.to
-    model.to = lambda *a, **k: (moves.append(a), original_to(*a, **k))[1]
-
-    with pytest.raises(_Stop):
-        upscaled(model, torch.rand(1, 64, 64, 3), tile_size=32, overlap=8, check_cancel=_CancelOnCall(3))
-    assert len(spy.calls) == 2  # two tiles ran, the third never started
-    assert moves[-1] == ("cpu",)  # offloaded in `finally`
-
-
-@pytest.mark.parametrize("arch", ["rrdbnet", "srvgg"])
-def test_cancel_reaches_inside_a_one_tile_image(monkeypatch, arch):
-    """On CPU one tile may be the whole image (minutes for x4plus); our networks run it in
-    windows and call the host's cancel check before each, so a cancel stops mid-tile. Also
-    on the worker-thread path (two window workers)."""
-    from realesrgan_tiled.archs import windows
-
-    torch.manual_seed(0)
-    if arch == "rrdbnet":
-        net, plan = RRDBNet(num_feat=8, num_block=2, num_grow_ch=4), RRDBNetPlan(trunk_window=8, whole_map_max_pixels=0, threads=2)
-    else:
-        net, plan = SRVGGNetCompact(num_feat=8, num_conv=2), SRVGGPlan(window=(8, 8), whole_map_max_pixels=0)
-    model = _descriptor(net.eval())
-    model.plan = plan
-    loads = []
-    real_load = windows.Window.load
-    monkeypatch.setattr(windows.Window, "load", lambda *a: loads.append(1) or real_load(*a))
-
-    check_cancel = _CancelOnCall(12)
-    image = torch.rand(1, 48, 40, 3)
-    full = run_engine(model, image)  # one tile; counts the windows of a full run
-    full_run = len(loads)
-    loads.clear()
-    with pytest.raises(_Stop):
-        upscaled(model, image, check_cancel=check_cancel)
-    assert full.ran.tiles == 1 and full_run > 12
-    assert len(loads) < 12 + 2, "windows kept running after the cancel"
-    assert check_cancel.calls == 12
-
-
 def test_progress_reports_every_tile(compact):
     seen = []
     upscaled(compact, torch.rand(2, 40, 40, 3), tile_size=24, overlap=8, progress=lambda d, t: seen.append((d, t)))
@@ -405,12 +168,12 @@ def test_progress_reports_every_tile(compact):
 def test_batch_streams_one_tile_at_a_time(compact):
     """A long batch never reaches the model as a batch: one image tile per call, never larger
     than the tile, and the output is allocated once on the host."""
-    model, spy = _spy_descriptor(_descriptor(compact.model))
+    model, spy = spy_descriptor(descriptor_of(compact.model))
     frames = torch.rand(64, 40, 40, 3)
     out = upscaled(model, frames, tile_size=32, overlap=16)
     assert out.shape == (64, 160, 160, 3)
     assert all(shape[0] == 1 and max(shape[-2:]) <= 32 for shape, _ in spy.calls)
-    assert (out[17] - _direct(compact, frames[17:18])[0]).abs().max() < 1e-5
+    assert (out[17] - direct(compact, frames[17:18])[0]).abs().max() < 1e-5
 
 
 def test_auto_tile_is_whole_image_when_it_fits_else_bounded_by_free_memory(compact):
@@ -451,41 +214,24 @@ def test_progress_reaches_total_when_an_opaque_alpha_skips_its_pass(compact):
 
 
 @pytest.mark.parametrize("build", ["rrdbnet", "srvgg"])
-def test_progress_moves_within_one_tile(build, monkeypatch):
+def test_progress_moves_within_one_tile(build):
     """On CPU one tile is often the whole image and takes minutes: progress must advance with
     the network's windows, not sit at 0/1 (seen in the real frontend as a frozen '[0%]')."""
-    from realesrgan_tiled.engine import run as engine_run
-    from realesrgan_tiled.loading import build_descriptor
-    from realesrgan_tiled.sniff import sniff
 
     from .model_fixtures import rrdbnet_state, srvgg_state
 
-    monkeypatch.setattr(engine_run, "PROGRESS_INTERVAL", 0.0)  # every window, for the count below
     state = rrdbnet_state(num_feat=8, num_block=2, num_grow_ch=8) if build == "rrdbnet" else srvgg_state(num_feat=8)
     model = build_descriptor(sniff(state))
     image = torch.rand(1, 300, 280, 3)
     reports = []
-    result = run_engine(model, image, tile_size=320, progress=lambda done, total: reports.append((done, total)))
+    result = run_engine(model, image, tile_size=320, progress=lambda done, total: reports.append((done, total)),
+                        progress_interval=0.0)  # every window, for the count below
     assert result.ran.tiles == 1
     within = [done for done, total in reports if 0 < done < 1]
     steps = model.window_steps(torch.device("cpu"), 300, 280)
     assert steps > 1 and steps - 1 <= len(within) <= steps  # every window (the last ones cap at 99 %)
     assert within == sorted(set(within)) and within[-1] <= 0.99  # strictly rising
     assert reports[0] == (0, 1) and reports[-1] == (1, 1)
-
-
-def test_the_hosts_oom_test_is_honoured(compact):
-    """A host (ComfyUI's model_management.is_oom) may know out-of-memory errors we do not."""
-
-    class DeviceLost(Exception):
-        pass
-
-    model, _ = _spy_descriptor(_descriptor(compact.model), lambda x: DeviceLost("allocation failed") if x.shape[-1] > 16 else None)
-    result = run_engine(model, torch.rand(1, 24, 24, 3), tile_size=24, overlap=4, is_oom=lambda e: isinstance(e, DeviceLost))
-    assert result.ran.oom_retries == 1
-    model, _ = _spy_descriptor(_descriptor(compact.model), lambda x: DeviceLost("allocation failed"))
-    with pytest.raises(DeviceLost):  # without the host's test it is an ordinary error
-        upscaled(model, torch.rand(1, 24, 24, 3), tile_size=24)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -74,14 +74,13 @@ def test_models_with_large_size_requirements_get_two_probe_sizes():
     assert cost.per_pixel >= (8 + 12) * 4  # the two conv outputs per input pixel, at least
 
 
-def test_without_procfs_the_ram_figure_comes_from_psutil_not_a_guess(monkeypatch, tmp_path):
+def test_without_procfs_the_ram_figure_comes_from_psutil_not_a_guess(tmp_path):
     """Windows and macOS have no /proc/meminfo: the budget must be the machine's, not 4 GiB."""
     import psutil
 
     from realesrgan_tiled.engine import memory
 
-    monkeypatch.setattr(memory, "MEMINFO", str(tmp_path / "no-such-file"))
-    got = memory.available_memory(torch.device("cpu"))
+    got = memory.system_available_memory(meminfo=str(tmp_path / "no-such-file"))
     expected = psutil.virtual_memory().available
     assert got != memory.UNKNOWN_FREE and abs(got - expected) < 0.1 * expected
 
