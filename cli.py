@@ -1,4 +1,5 @@
-"""Command line: ``python -m realesrgan_tiled info MODEL --json`` and ``… upscale INPUT … -o DIR``.
+"""Command line: ``python -m realesrgan_tiled info MODEL --json``, ``… upscale INPUT … -o DIR`` and
+``… finetune --data HR_DIR --base MODEL -o OUT.safetensors``.
 
 User mistakes (bad files, bad options) end in one clear line on stderr and exit status 2,
 never a traceback; in ``upscale`` the other inputs are still processed.
@@ -64,7 +65,82 @@ def _parser() -> argparse.ArgumentParser:
                     help="how much of MODEL_B in the blend, 0..1 (default 0.5; 0 = --model alone)")
     up.add_argument("--quiet", action="store_true", help="no progress bar")
     up.set_defaults(func=_cmd_upscale)
+    _add_finetune(sub)
     return parser
+
+
+def _add_finetune(sub) -> None:
+    ft = sub.add_parser("finetune", help="fine-tune a model on your own photos; exported only if it beats the base on held-out images")
+    ft.add_argument("--data", metavar="HR_DIR", help="folder of high-resolution training photos")
+    ft.add_argument("--base", metavar="MODEL", help="model to start from: a bundled name, a file, or an ncnn .param")
+    ft.add_argument("-o", "--output", metavar="OUT.safetensors", help="the fine-tuned model")
+    ft.add_argument("--val", metavar="HR_DIR", help="held-out photos (default: a fifth of --data's images, whole)")
+    ft.add_argument("--iterations", type=int, default=1000, help="training steps (default 1000)")
+    ft.add_argument("--batch-size", type=int, help="patches per step (default 8 on CUDA, 4 on CPU)")
+    ft.add_argument("--patch-size", type=int, help="HR patch side in px (default 256 on CUDA, 128 on CPU)")
+    ft.add_argument("--loss", choices=("l1", "perceptual", "gan"), default="gan",
+                    help="l1; perceptual (l1 + VGG features); gan (both + U-Net discriminator, Real-ESRGAN's recipe; default)")
+    ft.add_argument("--degradation", choices=("realesrgan", "bicubic", "paired"), default="realesrgan",
+                    help="how training inputs are made: Real-ESRGAN's second-order pipeline (default), bicubic + JPEG, "
+                         "or your own LR images (paired, with --lq)")
+    ft.add_argument("--lq", metavar="LQ_DIR", help="with --degradation paired: LR images named like the HR ones")
+    ft.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    ft.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed gives the same run")
+    ft.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    ft.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint (OUT.checkpoint.pt)")
+    ft.add_argument("--report", metavar="REPORT.json", help="write the held-out metrics of base and fine-tuned model here")
+    ft.add_argument("--force", action="store_true", help="export even if the result does not beat the base")
+    ft.add_argument("--vgg19", metavar="FILE", help="torchvision vgg19 weights for the perceptual loss (default: an offline stand-in)")
+    ft.add_argument("--eval-every", type=int, help="evaluate and checkpoint every N iterations (default: a tenth of the run)")
+    ft.add_argument("--eval-crop", default="512", help="held-out images are centre-cropped to this many px a side, or 'none'")
+    ft.add_argument("--quiet", action="store_true", help="no progress bar")
+    ft.set_defaults(func=_cmd_finetune)
+
+
+def _cmd_finetune(args) -> int:
+    from .train.finetune import Settings, finetune
+
+    if args.resume is None and not (args.data and args.base and args.output):
+        raise RealESRGANTiledError("finetune needs --data, --base and -o (or --resume CHECKPOINT)")
+    for option, value in (("--iterations", args.iterations), ("--eval-every", args.eval_every)):
+        if value is not None and value < 1:
+            raise RealESRGANTiledError(f"{option} must be at least 1, not {value}")
+    crop = None if args.eval_crop.lower() == "none" else _positive_int(args.eval_crop, "--eval-crop", "a whole number of px or 'none'")
+    settings = Settings(data=args.data, base=args.base, out=args.output, val=args.val, iterations=args.iterations,
+                        batch_size=args.batch_size, patch_size=args.patch_size, loss=args.loss, degradation=args.degradation,
+                        lq=args.lq, lr=args.lr, seed=args.seed, device=args.device, report=args.report, force=args.force,
+                        vgg19=args.vgg19, eval_every=args.eval_every, eval_crop=crop)
+    logging.getLogger("realesrgan_tiled").setLevel(logging.INFO)
+    with _training_bar(args.quiet) as progress:
+        report = finetune(settings, resume=args.resume, progress=progress)
+    metrics = report["metrics"]
+    key = metrics["selection"]
+    print(f"held-out {key}: base {metrics['base']['mean'][key]:.4f} -> fine-tuned {metrics['finetuned']['mean'][key]:.4f} "
+          f"(best at iteration {metrics['best_iteration']}); wrote {report['exported']}")
+    return 0
+
+
+class _training_bar:
+    """tqdm on stderr over the iterations, with the step's losses and an ETA."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar = quiet, None
+
+    def __enter__(self):
+        return None if self.quiet else self.update
+
+    def update(self, iteration: int, total: int, losses: dict) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=iteration - 1, desc="fine-tuning", unit="it", file=sys.stderr)
+        self.bar.update(iteration - self.bar.n)
+        self.bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False
 
 
 def _cmd_info(args) -> int:

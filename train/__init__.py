@@ -1,0 +1,1 @@
+"""Fine-tuning: data, degradation, losses, the training loop, evaluation and export."""
