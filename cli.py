@@ -79,7 +79,7 @@ def _add_finetune(sub) -> None:
     ft.add_argument("--batch-size", type=int, help="patches per step (default 8 on CUDA, 4 on CPU)")
     ft.add_argument("--patch-size", type=int, help="HR patch side in px (default 256 on CUDA, 128 on CPU)")
     ft.add_argument("--loss", choices=("l1", "perceptual", "gan"), default="gan",
-                    help="l1; perceptual (l1 + VGG features); gan (both + U-Net discriminator, Real-ESRGAN's recipe; default)")
+                    help="l1; perceptual (l1 + a perceptual distance); gan (both + U-Net discriminator, Real-ESRGAN's recipe; default)")
     ft.add_argument("--degradation", choices=("realesrgan", "bicubic", "paired"), default="realesrgan",
                     help="how training inputs are made: Real-ESRGAN's second-order pipeline (default), bicubic + JPEG, "
                          "or your own LR images (paired, with --lq)")
@@ -90,7 +90,9 @@ def _add_finetune(sub) -> None:
     ft.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint (OUT.checkpoint.pt)")
     ft.add_argument("--report", metavar="REPORT.json", help="write the held-out metrics of base and fine-tuned model here")
     ft.add_argument("--force", action="store_true", help="export even if the result does not beat the base")
-    ft.add_argument("--vgg19", metavar="FILE", help="torchvision vgg19 weights for the perceptual loss (default: an offline stand-in)")
+    ft.add_argument("--vgg19", metavar="FILE",
+                    help="torchvision vgg19 weights (vgg19-dcbb9e9d.pth): Real-ESRGAN's VGG19 feature loss; default: the ST-LPIPS VGG16 "
+                         "distance, which ships with the train extra")
     ft.add_argument("--eval-every", type=int, help="evaluate and checkpoint every N iterations (default: a tenth of the run)")
     ft.add_argument("--eval-crop", default="512", help="held-out images are centre-cropped to this many px a side, or 'none'")
     ft.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -111,8 +113,11 @@ def _cmd_finetune(args) -> int:
                         lq=args.lq, lr=args.lr, seed=args.seed, device=args.device, report=args.report, force=args.force,
                         vgg19=args.vgg19, eval_every=args.eval_every, eval_crop=crop)
     logging.getLogger("realesrgan_tiled").setLevel(logging.INFO)
-    with _training_bar(args.quiet) as progress:
-        report = finetune(settings, resume=args.resume, progress=progress)
+    try:
+        with _training_bar(args.quiet) as progress:
+            report = finetune(settings, resume=args.resume, progress=progress)
+    except OSError as e:  # a full disk, an unwritable folder: one line, the checkpoint of the last evaluation stays
+        raise RealESRGANTiledError(f"{e.filename or ''}: {e.strerror or e}") from None
     metrics = report["metrics"]
     key = metrics["selection"]
     print(f"held-out {key}: base {metrics['base']['mean'][key]:.4f} -> fine-tuned {metrics['finetuned']['mean'][key]:.4f} "

@@ -1,21 +1,27 @@
 """Training losses (train/losses.py): the GAN and L1 losses against their formulas, the perceptual
-loss on a torchvision-built VGG19 (an independent oracle for layers and normalisation) and on the
-ST-LPIPS VGG16 stand-in (against values from the stlpips_pytorch package's own network)."""
+loss on a torchvision-built VGG19 (an independent oracle for layers and normalisation) and, without
+one, the ST-LPIPS VGG16 distance (against the stlpips_pytorch package's own LPIPS networks)."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import math
+import sys
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 import torchvision.transforms.functional as TF
+from PIL import Image
 
 from realesrgan_tiled.errors import ModelLoadError, RealESRGANTiledError
 from realesrgan_tiled.train import losses
 from realesrgan_tiled.train.losses import PerceptualLoss, discriminator_loss, generator_gan_loss, l1_loss
+from realesrgan_tiled.train.metrics import stlpips_alexnet
 
 from .conftest import photo
 
@@ -31,6 +37,17 @@ def nchw(name: str, size: tuple[int, int]) -> torch.Tensor:
 
 def blurred(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return TF.gaussian_blur(images, 2 * math.ceil(3 * sigma) + 1, sigma)
+
+
+def noisy(images: torch.Tensor, std: float) -> torch.Tensor:
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    return (images + std * noise).clamp(0, 1)
+
+
+def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
+    buffer = io.BytesIO()
+    Image.fromarray((images[0].permute(1, 2, 0) * 255).round().byte().numpy()).save(buffer, "JPEG", quality=quality)
+    return torch.from_numpy(np.array(Image.open(buffer))).float().div(255).permute(2, 0, 1)[None]
 
 
 # --- L1 and GAN ---------------------------------------------------------------------------------
@@ -141,54 +158,101 @@ def test_a_pickle_that_runs_code_is_refused_without_running_it(tmp_path):
     assert not marker.exists()
 
 
-# --- perceptual loss on the ST-LPIPS stand-in ----------------------------------------------------
+# --- perceptual loss without a weights file: the ST-LPIPS VGG16 distance -------------------------
 
 @pytest.fixture(scope="module")
 def stand_in() -> PerceptualLoss:
     return PerceptualLoss()
 
 
+@pytest.fixture(scope="module")
+def stlpips_package():
+    """The package's own ``stlpips`` module, the oracle. Its modules import IPython and torchsummary
+    (for a debugger hook and a summary printer, neither used here) without declaring them: where
+    they are absent, empty stand-ins are put in place for the import and taken out after."""
+    before = set(sys.modules)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, attribute in (("IPython", "embed"), ("torchsummary", "summary")):
+            if importlib.util.find_spec(name) is None:
+                patch.setitem(sys.modules, name, types.SimpleNamespace(**{attribute: None}))
+        from stlpips_pytorch import stlpips
+    yield stlpips
+    for name in set(sys.modules) - before:  # leave no module behind that holds the stand-ins
+        if name.startswith("stlpips_pytorch"):
+            del sys.modules[name]
+
+
+def astronaut(size: int = 96) -> torch.Tensor:
+    return nchw("astronaut", (512, 512))[..., 40:40 + size, 180:180 + size].contiguous()  # face and suit
+
+
 @needs_stlpips
-def test_stand_in_is_the_stlpips_vgg16_and_says_so(stand_in):
-    assert stand_in.layer_names == ("conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3")
-    assert "stand-in" in stand_in.backbone_name and "not ImageNet" in stand_in.backbone_name
+def test_default_loss_is_the_stlpips_vgg16_distance_and_says_so(stand_in):
+    assert stand_in.backbone_name.startswith("ST-LPIPS VGG16 distance") and "stand-in" in stand_in.backbone_name
+    assert stand_in.layer_names == ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
+    network = stand_in.distance
+    assert network.taps == (3, 9, 17, 25, 33)
+    assert all(isinstance(network.features[i], torch.nn.ReLU) for i in network.taps)
     state = torch.load(losses.stlpips_file(losses.STLPIPS_VGG16), map_location="cpu", weights_only=True)
-    assert torch.equal(stand_in.features[32].weight, state["net.slice5.32.weight"])
-    assert torch.equal(stand_in.features[27].filt, state["net.slice5.27.filt"])  # the file's blur = ours
+    assert torch.equal(network.features[32].weight, state["net.slice5.32.weight"])
+    assert torch.equal(network.features[27].filt, state["net.slice5.27.filt"])  # the file's blur = ours
+    assert torch.equal(network.heads[4].weight, state["lin4.model.1.weight"])
+    assert torch.equal(network.shift, state["scaling_layer.shift"]) and torch.equal(network.scale, state["scaling_layer.scale"])
 
 
 @needs_stlpips
-def test_stand_in_features_match_the_stlpips_network():
-    """0.1/0.1/1/1/1 L1 of the package's own ReLU features (stlpips_pytorch 0.0.2,
-    ``LPIPS(net="vgg", variant="shift_tolerant").net``, computed once: its modules need IPython and
-    torchsummary to import) for this crop and its blur; ours are taken before the ReLU."""
-    image = photo("astronaut")[:, 100:196, 150:278].permute(0, 3, 1, 2)
-    loss = PerceptualLoss()
+@pytest.mark.parametrize("net", ["vgg", "alex"])
+def test_stlpips_networks_equal_the_packages_own(net, stand_in, stlpips_package):
+    """Ours, rebuilt from the weights file, against the package's
+    ``LPIPS(net=..., variant="shift_tolerant")(x, y, normalize=True)`` on real damage."""
+    ours = stand_in.distance if net == "vgg" else stlpips_alexnet()
+    oracle = stlpips_package.LPIPS(net=net, variant="shift_tolerant", verbose=False)
+    target = torch.cat([astronaut(), nchw("chelsea", (96, 96))])
+    pred = torch.cat([blurred(target[:1], 1.0), noisy(target[1:], 0.05)])
     with torch.no_grad():
-        pairs = zip(loss.tapped_features(TF.gaussian_blur(image, 7, 1.0)), loss.tapped_features(image))
-        per_layer = [F.l1_loss(torch.relu(a), torch.relu(b)).item() for a, b in pairs]
-    expected = [0.008617901243269444, 0.006464218255132437, 0.006948389112949371, 0.05508532375097275, 2.215146064758301]
-    assert per_layer == pytest.approx(expected, rel=1e-4)
+        expected = oracle(pred, target, normalize=True).flatten()
+        assert ours(pred, target).tolist() == pytest.approx(expected.tolist(), rel=1e-5)
+        if net == "vgg":  # the loss: their mean over the batch
+            assert stand_in(pred, target).item() == pytest.approx(expected.mean().item(), rel=1e-5)
 
 
 @needs_stlpips
-def test_stand_in_is_zero_on_identical_images_and_grows_with_blur(stand_in):
-    target = nchw("chelsea", (64, 64))
-    assert stand_in(target.clone(), target).item() == 0.0
-    values = [stand_in(blurred(target, sigma), target).item() for sigma in (0.5, 1.0, 2.0)]
-    assert 0 < values[0] < values[1] < values[2], values
+def test_default_loss_is_zero_for_identical_images_and_grows_with_damage(stand_in):
+    target = astronaut()
+    with torch.no_grad():
+        assert stand_in(target.clone(), target).item() == 0.0
+        by_blur = [stand_in(blurred(target, sigma), target).item() for sigma in (0.5, 1.0, 2.0)]
+        by_noise = [stand_in(noisy(target, std), target).item() for std in (0.01, 0.05, 0.1)]
+        by_jpeg = [stand_in(jpeg(target, quality), target).item() for quality in (90, 30, 10)]
+    for values in (by_blur, by_noise, by_jpeg):
+        assert 0 < values[0] < values[1] < values[2], (by_blur, by_noise, by_jpeg)
 
 
 @needs_stlpips
-def test_stand_in_is_frozen_but_passes_gradients_to_the_prediction(stand_in):
+def test_default_loss_is_in_lpips_range_on_real_damage(stand_in):
+    """An LPIPS value, 0..~1 (Real-ESRGAN's feature L1 on this trunk gave tens), and above the
+    pixel L1 that it is added to in training, so it is not drowned out either."""
+    target = astronaut(128)
+    with torch.no_grad():
+        for pred in (blurred(target, 1.0), noisy(target, 0.05), jpeg(target, 30)):
+            value = stand_in(pred, target).item()
+            assert l1_loss(pred, target).item() < value < 1.0, value
+
+
+@needs_stlpips
+def test_default_loss_is_frozen_but_passes_gradients_to_the_prediction(stand_in):
     assert not any(p.requires_grad for p in stand_in.parameters())
     stand_in.train()
     assert not stand_in.training and not any(m.training for m in stand_in.modules())
-    target = nchw("coffee", (48, 48))
+    target = nchw("coffee", (64, 64))
     pred = blurred(target, 1.0).requires_grad_(True)
-    stand_in(pred, target).backward()
-    assert pred.grad is not None and pred.grad.abs().sum() > 0
+    before = stand_in(pred, target)
+    before.backward()
+    assert pred.grad is not None and torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
     assert all(p.grad is None for p in stand_in.parameters())
+    with torch.no_grad():  # a small step down the gradient brings the prediction closer
+        after = stand_in(pred - 0.01 * pred.grad / pred.grad.abs().max(), target)
+    assert after.item() < before.item()
 
 
 @needs_stlpips

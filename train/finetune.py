@@ -81,6 +81,9 @@ class _Job:
             raise FinetuneError(f"--degradation must be one of {DEGRADATIONS} and --loss one of {LOSSES}")
         if (s.degradation == "paired") != (s.lq is not None):
             raise FinetuneError("--degradation paired goes with --lq LQ_DIR (and --lq only with paired)")
+        if Path(s.out).suffix.lower() != ".safetensors":
+            raise FinetuneError(f"-o {s.out}: the fine-tuned model is written as .safetensors; name it so")
+        Path(s.out).parent.mkdir(parents=True, exist_ok=True)
         self.patch, self.batch = patch_geometry(self.base, s.patch_size, s.batch_size, self.device)
         self.split = datasets.split(Path(s.data), Path(s.val) if s.val else None, self.patch, s.seed)
         self.fingerprint = datasets.fingerprint(self.split.train)

@@ -1,12 +1,13 @@
-"""Training losses of Real-ESRGAN's recipe: L1, the perceptual loss on VGG features, and the
-vanilla GAN loss (BCE with logits on the U-Net discriminator's per-pixel logits).
+"""Training losses of Real-ESRGAN's recipe: L1, the perceptual loss, and the vanilla GAN loss
+(BCE with logits on the U-Net discriminator's per-pixel logits).
 
-The perceptual loss is Real-ESRGAN's when the user gives torchvision's ImageNet ``vgg19`` weights
-(``vgg19-dcbb9e9d.pth``, downloaded by themselves: this package fetches nothing). Without them it
-runs on the VGG16 that the ``stlpips_pytorch`` wheel ships (ST-LPIPS, BSD-2). That network was
-trained from scratch on human similarity judgements (BAPPS), not on ImageNet, and its weights sit
-close to their random start: a much weaker teacher than ImageNet VGG19, so runs that care about
-texture should pass the VGG19 file.
+The perceptual loss is Real-ESRGAN's (L1 of VGG19 features) when the user gives torchvision's
+ImageNet ``vgg19`` weights (``vgg19-dcbb9e9d.pth``, downloaded by themselves: this package fetches
+nothing). Without them it is the ST-LPIPS distance with the VGG16 that the ``stlpips_pytorch``
+wheel ships (Ghildyal & Liu, ECCV 2022; BSD-2). That VGG16 was trained from scratch on human
+similarity judgements (BAPPS), not on ImageNet, so Real-ESRGAN's raw feature L1 means nothing on
+it (tens per step, driven by a near-random conv5_3); the distance it was trained for, with its own
+learned heads, is what it measures well, and LPIPS is an established perceptual training loss.
 
 Every weights file is read with ``torch.load(..., weights_only=True)``: never a full unpickle.
 """
@@ -29,7 +30,7 @@ REAL_ESRGAN_LAYER_WEIGHTS = (0.1, 0.1, 1.0, 1.0, 1.0)
 
 VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 VGG19_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512)
-VGG16_LAYERS = ("conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3")
+VGG16_RELUS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")  # ST-LPIPS's taps
 VGG19_LAYERS = ("conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4")
 
 STLPIPS_PACKAGE = "stlpips_pytorch"
@@ -55,7 +56,8 @@ class BlurPool(nn.Module):
 def vgg_features(config: Sequence, antialiased: bool) -> nn.Sequential:
     """VGG's conv stack laid out as torchvision's ``vgg*.features`` (same indices, so its state
     dict loads as is); ``antialiased`` swaps each max-pool for ST-LPIPS's stride-1 max-pool plus
-    ``BlurPool``. The ReLUs are not in place: they would overwrite the pre-ReLU features we tap."""
+    ``BlurPool``. It ends on the last conv's ReLU (the final pool is left out: nothing after it is
+    tapped). The ReLUs are not in place: they would overwrite the pre-ReLU features VGG19 taps."""
     layers: list[nn.Module] = []
     channels = 3
     for item in config:
@@ -64,7 +66,7 @@ def vgg_features(config: Sequence, antialiased: bool) -> nn.Sequential:
         else:
             layers += [nn.Conv2d(channels, item, 3, padding=1), nn.ReLU()]
             channels = item
-    return nn.Sequential(*layers[:-1])  # ends on the last conv: nothing after it is tapped
+    return nn.Sequential(*layers)
 
 
 def block_ends(features: nn.Sequential) -> list[int]:
@@ -76,6 +78,16 @@ def block_ends(features: nn.Sequential) -> list[int]:
         elif isinstance(layer, nn.MaxPool2d):
             ends.append(last_conv)
     return ends + [last_conv]
+
+
+def run_to_taps(features: nn.Sequential, taps: Sequence[int], x: torch.Tensor) -> list[torch.Tensor]:
+    """The outputs of the layers at ``taps`` (ascending), running no further than the last."""
+    found = []
+    for index, layer in enumerate(features[: taps[-1] + 1]):
+        x = layer(x)
+        if index in taps:
+            found.append(x)
+    return found
 
 
 def stlpips_file(relative: str) -> Path:
@@ -128,43 +140,93 @@ def vgg19_imagenet(weights_file: Path) -> nn.Sequential:
     return features
 
 
-def stlpips_vgg16() -> nn.Sequential:
-    """ST-LPIPS's anti-aliased VGG16 trunk (its linear heads are left out). Its keys are
-    ``net.slice{1-5}.<index>.*`` with the indices of one flat stack, so they map straight on."""
-    path = stlpips_file(STLPIPS_VGG16)
-    what = "ST-LPIPS's shift-tolerant VGG16"
-    state = read_state_dict(path, what)
+class StLpips(nn.Module):
+    """An ST-LPIPS distance rebuilt from a weights file that the ``stlpips_pytorch`` wheel ships
+    (the package's own modules import IPython and torchsummary, which it does not declare). Same
+    computation as its ``LPIPS(net=..., variant="shift_tolerant")(a, b, normalize=True)``: images
+    in 0..1 go to -1..1 and through its scaling layer (``shift``, ``scale``); at each tapped ReLU
+    the features are unit-normalised over channels, their squared difference weighed by a learned
+    1x1 head (``lin<n>``) and averaged over the image; the layers' values are summed. Returns one
+    distance per image, [B]. Frozen and always in eval once ``load_package_file`` has filled it."""
+
+    def __init__(self, features: nn.Sequential, taps: Sequence[int], what: str):
+        super().__init__()
+        self.features, self.taps, self.what = features, tuple(taps), what
+        channels, last = [], 3
+        for index, layer in enumerate(features):
+            last = layer.out_channels if isinstance(layer, nn.Conv2d) else last
+            channels += [last] if index in self.taps else []
+        self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in channels)
+        self.register_buffer("shift", torch.zeros(1, 3, 1, 1))
+        self.register_buffer("scale", torch.ones(1, 3, 1, 1))
+
+    def load_package_file(self, relative: str) -> StLpips:
+        """Loads the wheel's file at ``relative``: all of it, nothing else."""
+        path = stlpips_file(relative)
+        renamed = {}
+        for key, value in read_state_dict(path, self.what).items():  # the file's layout -> ours
+            if key.startswith("net.slice"):  # net.slice<n>.<index>.<param>: indices of one flat stack
+                renamed["features." + key.split(".", 2)[2]] = value
+            elif key.startswith("lin"):  # lin<n>.model.1.weight (model.0 is an eval-time no-op dropout)
+                renamed[f"heads.{key[3:].split('.')[0]}.weight"] = value
+            else:  # scaling_layer.shift / .scale
+                renamed[key.removeprefix("scaling_layer.")] = value
+        load_exactly(self, renamed, path, self.what)
+        return self.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> StLpips:
+        return super().train(False)  # a fixed measuring stick: a parent's .train() must not switch it
+
+    def layer_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The tapped ReLU features of [B, 3, H, W] images in 0..1, unit length over channels. (The
+        norm's own gradient is 0 where every channel is 0; the package's sqrt of a sum gives NaN.)"""
+        x = (images * 2 - 1 - self.shift) / self.scale
+        return [f / (torch.linalg.vector_norm(f, dim=1, keepdim=True) + 1e-10)
+                for f in run_to_taps(self.features, self.taps, x)]
+
+    def compare(self, features_a: list[torch.Tensor], features_b: list[torch.Tensor]) -> torch.Tensor:
+        layers = zip(self.heads, features_a, features_b)
+        return sum(head((fa - fb) ** 2).mean(dim=(2, 3)) for head, fa, fb in layers)[:, 0]
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.compare(self.layer_features(a), self.layer_features(b))
+
+
+def stlpips_vgg16() -> StLpips:
+    """ST-LPIPS with its anti-aliased VGG16, tapped after relu1_2, relu2_2, relu3_3, relu4_3 and
+    relu5_3 (the ReLU after each block's last conv)."""
     features = vgg_features(VGG16_CONFIG, antialiased=True)
-    trunk = {k.split(".", 2)[2]: v for k, v in state.items() if k.startswith("net.slice")}
-    load_exactly(features, trunk, path, what)
-    return features
+    taps = [index + 1 for index in block_ends(features)]
+    return StLpips(features, taps, "ST-LPIPS's shift-tolerant VGG16").load_package_file(STLPIPS_VGG16)
 
 
 class PerceptualLoss(nn.Module):
-    """Weighted L1 between VGG features of prediction and target, taken before the ReLU, on
-    ImageNet-normalised inputs. ``pred``, ``target``: [B, 3, H, W], 0..1.
+    """The perceptual loss between a prediction and its target, [B, 3, H, W] in 0..1; a scalar,
+    differentiable in ``pred`` (the target is treated as data). The network is frozen, stays in eval.
 
-    ``weights_file``: torchvision ``vgg19`` weights -> Real-ESRGAN's loss exactly (conv1_2, conv2_2,
-    conv3_4, conv4_4, conv5_4). Without it: ST-LPIPS's VGG16 (conv1_2, conv2_2, conv3_3, conv4_3,
-    conv5_3), a stand-in for VGG19, trained from scratch on BAPPS rather than on ImageNet.
-    ``layer_weights`` go to the five layers in that order. The network is frozen and stays in eval."""
+    ``weights_file``: torchvision ``vgg19`` weights -> Real-ESRGAN's loss exactly: L1 between the
+    features before the ReLU of conv1_2, conv2_2, conv3_4, conv4_4 and conv5_4 on
+    ImageNet-normalised inputs, weighed by ``layer_weights`` in that order.
+    Without it: the ST-LPIPS VGG16 distance (``StLpips``), averaged over the batch: 0 for identical
+    images, about 0.1-0.7 for visible damage. ``layer_weights`` are then unused (checked all the
+    same): the distance weighs its layers with its own learned heads."""
 
     def __init__(self, weights_file: str | Path | None = None, layer_weights: Sequence[float] = REAL_ESRGAN_LAYER_WEIGHTS,
                  device: str | torch.device | None = None):
         super().__init__()
         if len(layer_weights) != 5:
             raise ValueError(f"layer_weights: one weight per tapped layer (5), got {len(layer_weights)}")
-        if weights_file is not None:
-            features, self.layer_names = vgg19_imagenet(Path(weights_file)), VGG19_LAYERS
-            self.backbone_name = f"VGG19 (ImageNet, {Path(weights_file).name})"
-        else:
-            features, self.layer_names = stlpips_vgg16(), VGG16_LAYERS
-            self.backbone_name = "ST-LPIPS VGG16 (stand-in for VGG19; trained on BAPPS, not ImageNet)"
-        self.features = features.requires_grad_(False).eval()
-        self.taps = block_ends(features)
         self.layer_weights = tuple(float(w) for w in layer_weights)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.distance: StLpips | None = None
+        if weights_file is not None:
+            self.features = vgg19_imagenet(Path(weights_file)).requires_grad_(False).eval()
+            self.taps, self.layer_names = block_ends(self.features), VGG19_LAYERS
+            self.backbone_name = f"VGG19 (ImageNet, {Path(weights_file).name})"
+            self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        else:
+            self.distance, self.layer_names = stlpips_vgg16(), VGG16_RELUS
+            self.backbone_name = "ST-LPIPS VGG16 distance (offline stand-in for Real-ESRGAN's VGG19 feature loss)"
         if device is not None:
             self.to(device)
 
@@ -173,13 +235,10 @@ class PerceptualLoss(nn.Module):
         return super().train(False)
 
     def tapped_features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        x = (images - self.mean) / self.std
-        taps, found = set(self.taps), []
-        for index, layer in enumerate(self.features):
-            x = layer(x)
-            if index in taps:
-                found.append(x)
-        return found
+        """VGG19: the pre-ReLU features; ST-LPIPS: the unit-normalised ReLU features."""
+        if self.distance is not None:
+            return self.distance.layer_features(images)
+        return run_to_taps(self.features, self.taps, (images - self.mean) / self.std)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if pred.shape != target.shape or pred.ndim != 4 or pred.shape[1] != 3:
@@ -188,6 +247,8 @@ class PerceptualLoss(nn.Module):
         pred_features = self.tapped_features(pred)
         with torch.no_grad():  # the target is data, not something to optimise
             target_features = self.tapped_features(target)
+        if self.distance is not None:
+            return self.distance.compare(pred_features, target_features).mean()
         return sum(w * F.l1_loss(p, t) for w, p, t in zip(self.layer_weights, pred_features, target_features))
 
 

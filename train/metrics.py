@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputImageError
-from .losses import STLPIPS_ALEXNET, BlurPool, load_exactly, read_state_dict, stlpips_file
+from .losses import STLPIPS_ALEXNET, BlurPool, StLpips
 
 PERCEPTUAL_METRIC = "ST-LPIPS (AlexNet)"
 
@@ -103,59 +103,20 @@ def _to_batch(image: torch.Tensor) -> torch.Tensor:
     return image.detach().float().permute(2, 0, 1)[None]
 
 
-class StLpipsAlexNet(nn.Module):
-    """ST-LPIPS (Ghildyal & Liu, ECCV 2022; BSD-2) with its anti-aliased AlexNet, rebuilt here
-    from the weights file the ``stlpips_pytorch`` wheel ships, because the package's own modules
-    import IPython and torchsummary, which it does not declare. Same computation as its
-    ``LPIPS(net="alex", variant="shift_tolerant")(x, y, normalize=True)``: unit-normalise each
-    layer's ReLU features over channels, square the difference, weigh channels with the learned
-    1x1 heads, average over the image, sum the five layers."""
-
-    taps = (2, 6, 10, 12, 14)
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 64, 11, padding=2), BlurPool(64), nn.ReLU(),
-            nn.MaxPool2d(3, stride=1), BlurPool(64), nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(),
-            nn.MaxPool2d(3, stride=1), BlurPool(192), nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
-        )
-        self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in (64, 192, 384, 256, 256))
-        self.register_buffer("shift", torch.zeros(1, 3, 1, 1))
-        self.register_buffer("scale", torch.ones(1, 3, 1, 1))
-
-    @classmethod
-    def from_package(cls) -> StLpipsAlexNet:
-        path = stlpips_file(STLPIPS_ALEXNET)
-        state = read_state_dict(path, "ST-LPIPS's shift-tolerant AlexNet")
-        renamed = {}
-        for key, value in state.items():  # the file's layout -> ours
-            if key.startswith("net.slice"):  # net.slice<n>.<index>.<param>: indices of one flat stack
-                renamed["features." + key.split(".", 2)[2]] = value
-            elif key.startswith("lin"):  # lin<n>.model.1.weight (model.0 is an eval-time no-op dropout)
-                renamed[f"heads.{key[3]}.weight"] = value
-            else:  # scaling_layer.shift / .scale
-                renamed[key.removeprefix("scaling_layer.")] = value
-        network = cls()
-        load_exactly(network, renamed, path, "ST-LPIPS's shift-tolerant AlexNet")
-        return network.requires_grad_(False).eval()
-
-    def layer_features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        x = (images * 2 - 1 - self.shift) / self.scale
-        found = []
-        for index, layer in enumerate(self.features):
-            x = layer(x)
-            if index in self.taps:
-                found.append(x / (x.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))
-        return found
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        pairs = zip(self.heads, self.layer_features(a), self.layer_features(b))
-        return sum(head((fa - fb) ** 2).mean(dim=(2, 3)) for head, fa, fb in pairs)[:, 0]
+def stlpips_alexnet() -> StLpips:
+    """ST-LPIPS with its anti-aliased AlexNet, as the package's
+    ``LPIPS(net="alex", variant="shift_tolerant")``: tapped after each of its five conv's ReLU."""
+    features = nn.Sequential(
+        nn.Conv2d(3, 64, 11, padding=2), BlurPool(64), nn.ReLU(),
+        nn.MaxPool2d(3, stride=1), BlurPool(64), nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(),
+        nn.MaxPool2d(3, stride=1), BlurPool(192), nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
+    )
+    network = StLpips(features, taps=(2, 6, 10, 12, 14), what="ST-LPIPS's shift-tolerant AlexNet")
+    return network.load_package_file(STLPIPS_ALEXNET)
 
 
 @functools.lru_cache(maxsize=2)
-def _stlpips_alexnet(device: str) -> StLpipsAlexNet:
-    return StLpipsAlexNet.from_package().to(device)
+def _stlpips_alexnet(device: str) -> StLpips:
+    return stlpips_alexnet().to(device)

@@ -66,7 +66,7 @@ def _discriminator_step(m: Models, fake: torch.Tensor, real: torch.Tensor) -> fl
         return None
     loss.backward()
     m.d_optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def update_ema(ema: nn.Module, generator: nn.Module, step: int) -> None:
