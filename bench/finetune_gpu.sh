@@ -43,7 +43,7 @@ PY
     mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/realesrgan_tiled
     export PYTHONPATH=/tmp/pkg:/tmp/site:$PWD/$DIR/site PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.total --format=csv || true
-    python3 -m realesrgan_tiled finetune --data $DIR/photos/train --val $DIR/photos/val \
+    timeout -s INT 270 python3 -m realesrgan_tiled finetune --data $DIR/photos/train --val $DIR/photos/val \
       --base $DIR/models/realesr-animevideov3-x4.safetensors -o /tmp/tuned.safetensors --iterations "${2:-1000}" \
       --device cuda --report "${OUT:-/tmp}/finetune_report.json" --quiet 2>&1 | tee "${OUT:-/tmp}/finetune_log.txt" ;;
   *) echo "usage: bench/finetune_gpu.sh prepare|run [ITERATIONS]" >&2; exit 2 ;;
