@@ -51,7 +51,8 @@ def evaluate(model, items: list[HeldOut], device: str | torch.device, metrics) -
     per_image = {}
     for item in items:
         images = item.lr.permute(1, 2, 0)[None]
-        out = upscale(images, model, Choices(), Host(device=device)).images[0]
+        # the model stays on the device: it is the EMA the training steps keep updating there
+        out = upscale(images, model, Choices(), Host(device=device, offload_device=device)).images[0]
         target = item.hr.permute(1, 2, 0)
         per_image[item.name] = {key: fn(out, target, int(model.scale)) for key, fn in metrics.items()}
     mean = {key: sum(row[key] for row in per_image.values()) / len(per_image) for key in metrics}
