@@ -75,7 +75,7 @@ def _add_finetune(sub) -> None:
     ft.add_argument("--base", metavar="MODEL", help="model to start from: a bundled name, a file, or an ncnn .param")
     ft.add_argument("-o", "--output", metavar="OUT.safetensors", help="the fine-tuned model")
     ft.add_argument("--val", metavar="HR_DIR", help="held-out photos (default: a fifth of --data's images, whole)")
-    ft.add_argument("--iterations", type=int, default=1000, help="training steps (default 1000)")
+    ft.add_argument("--iterations", type=int, help="training steps in all (default 1000; on --resume, the run's own)")
     ft.add_argument("--batch-size", type=int, help="patches per step (default 8 on CUDA, 4 on CPU)")
     ft.add_argument("--patch-size", type=int, help="HR patch side in px (default 256 on CUDA, 128 on CPU)")
     ft.add_argument("--loss", choices=("l1", "perceptual", "gan"), default="gan",
@@ -86,10 +86,10 @@ def _add_finetune(sub) -> None:
     ft.add_argument("--lq", metavar="LQ_DIR", help="with --degradation paired: LR images named like the HR ones")
     ft.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
     ft.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed gives the same run")
-    ft.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    ft.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     ft.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint (OUT.checkpoint.pt)")
     ft.add_argument("--report", metavar="REPORT.json", help="write the held-out metrics of base and fine-tuned model here")
-    ft.add_argument("--force", action="store_true", help="export even if the result does not beat the base")
+    ft.add_argument("--force", action="store_true", default=None, help="export even if the result does not beat the base")
     ft.add_argument("--vgg19", metavar="FILE",
                     help="torchvision vgg19 weights (vgg19-dcbb9e9d.pth): Real-ESRGAN's VGG19 feature loss; default: the ST-LPIPS VGG16 "
                          "distance, which ships with the train extra")

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 LOSSES = ("l1", "perceptual", "gan")
 DEGRADATIONS = ("realesrgan", "bicubic", "paired")
 MAX_SKIPPED_IN_A_ROW = 20  # non-finite steps in a row before the run is called diverged
+DEFAULT_ITERATIONS = 1000
+RESUME_OVERRIDES = ("iterations", "report", "device", "force")  # a resumed run takes these from the command line when given
 
 
 class FinetuneError(RealESRGANTiledError):
@@ -38,7 +40,7 @@ class Settings:
     base: str
     out: str
     val: str | None = None
-    iterations: int = 1000
+    iterations: int | None = None  # None: DEFAULT_ITERATIONS, or a resumed run's own
     batch_size: int | None = None  # None: 8 on CUDA, 4 on CPU
     patch_size: int | None = None  # HR patch side; None: 256 on CUDA, 128 on CPU
     loss: str = "gan"
@@ -46,9 +48,9 @@ class Settings:
     lq: str | None = None
     lr: float = 1e-4
     seed: int = 0
-    device: str = "auto"
+    device: str | None = "auto"
     report: str | None = None
-    force: bool = False
+    force: bool | None = None  # export even without a gain
     vgg19: str | None = None  # a torchvision vgg19 weights file for the perceptual loss
     eval_every: int | None = None  # None: a tenth of the run (at least 50 iterations)
     eval_crop: int | None = 512  # held-out images are centre-cropped to this many px a side (None: whole)
@@ -58,8 +60,11 @@ def finetune(settings: Settings, resume: str | None = None, progress=None, shoul
     """Run (or resume) the job; returns the report. ``progress(iteration, total, losses)`` and
     ``should_stop()`` (true: checkpoint and stop) are for hosts."""
     state = load_checkpoint(Path(resume)) if resume else None
-    if state is not None:
-        settings = Settings(**{**state["settings"], "iterations": max(settings.iterations, state["iteration"])})
+    if state is not None:  # the run's own settings, except what may change between sittings
+        given = {k: v for k, v in asdict(settings).items() if k in RESUME_OVERRIDES and v is not None}
+        settings = Settings(**{**state["settings"], **given})
+    settings.iterations = settings.iterations or DEFAULT_ITERATIONS
+    settings.device = settings.device or "auto"
     job = _Job(settings, state)
     try:
         job.train(progress, should_stop)
