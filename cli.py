@@ -87,7 +87,7 @@ def _add_finetune(sub) -> None:
     ft.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
     ft.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed gives the same run")
     ft.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    ft.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint (OUT.checkpoint.pt)")
+    ft.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint (OUT.resume, beside OUT.safetensors)")
     ft.add_argument("--report", metavar="REPORT.json", help="write the held-out metrics of base and fine-tuned model here")
     ft.add_argument("--force", action="store_true", default=None, help="export even if the result does not beat the base")
     ft.add_argument("--vgg19", metavar="FILE",

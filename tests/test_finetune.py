@@ -20,6 +20,7 @@ from spandrel import ModelLoader
 from realesrgan_tiled.archs import SRVGGNetCompact
 from realesrgan_tiled.errors import RealESRGANTiledError, UpscaleCancelled
 from realesrgan_tiled.loading import load_model
+from realesrgan_tiled.sdwebui.models import discover
 from realesrgan_tiled.train.checkpoint import checkpoint_path
 from realesrgan_tiled.train.finetune import FinetuneError, Settings, finetune
 
@@ -78,8 +79,11 @@ def test_l1_run_learns_reports_and_exports_a_model_every_loader_reads(photos, ba
     assert metrics["finetuned"]["mean"]["psnr_y"] > metrics["base"]["mean"]["psnr_y"]
     assert set(metrics["base"]["per_image"]) == set(report["data"]["held_out"])
     assert json.loads(out.with_suffix(".json").read_text())["metrics"]["best_iteration"] == metrics["best_iteration"]
-    # the export: our loader and spandrel (ComfyUI core's loader) read it and agree
+    # the export: our loader and spandrel (ComfyUI core's loader) read it and agree; the WebUI
+    # extension lists it by the name contract, at its native scale
     ours, theirs = load_model(out), ModelLoader().load_from_file(str(out))
+    listed, refused = discover([tmp_path], bundled=False)
+    assert [(m.name, m.scale) for m in listed] == [("tuned (tiled)", 2)] and not refused
     x = torch.rand(1, 3, 24, 20)
     with torch.no_grad():
         assert (ours(x) - theirs(x)).abs().max() <= 1e-5

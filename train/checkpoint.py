@@ -23,7 +23,9 @@ class CheckpointError(RealESRGANTiledError):
 
 
 def checkpoint_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".checkpoint.pt")
+    """OUT.resume beside OUT.safetensors: not a model suffix, so an output written into a
+    models folder does not list its checkpoint as a second upscaler (the WebUI did)."""
+    return out.with_name(out.stem + ".resume")
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
