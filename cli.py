@@ -104,9 +104,12 @@ def _cmd_finetune(args) -> int:
 
     if args.resume is None and not (args.data and args.base and args.output):
         raise RealESRGANTiledError("finetune needs --data, --base and -o (or --resume CHECKPOINT)")
-    for option, value in (("--iterations", args.iterations), ("--eval-every", args.eval_every)):
+    for option, value in (("--iterations", args.iterations), ("--eval-every", args.eval_every),
+                          ("--batch-size", args.batch_size), ("--patch-size", args.patch_size)):
         if value is not None and value < 1:
             raise RealESRGANTiledError(f"{option} must be at least 1, not {value}")
+    if not args.lr > 0:
+        raise RealESRGANTiledError(f"--lr must be positive, not {args.lr}")
     crop = None if args.eval_crop.lower() == "none" else _positive_int(args.eval_crop, "--eval-crop", "a whole number of px or 'none'")
     settings = Settings(data=args.data, base=args.base, out=args.output, val=args.val, iterations=args.iterations,
                         batch_size=args.batch_size, patch_size=args.patch_size, loss=args.loss, degradation=args.degradation,

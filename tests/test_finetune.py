@@ -208,6 +208,7 @@ def test_cli_finetune_and_its_errors(photos, base, tmp_path):
     done = subprocess.run(run, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "held-out psnr_y: base" in done.stdout and out.exists()
-    bad = subprocess.run([sys.executable, "-m", "realesrgan_tiled", "finetune", "--base", str(base)],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "needs --data" in bad.stderr and "Traceback" not in bad.stderr
+    for extra, message in ((["--base", str(base)], "needs --data"), (run[4:] + ["--lr", "-1"], "--lr must be positive")):
+        bad = subprocess.run([sys.executable, "-m", "realesrgan_tiled", "finetune", *extra],
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr

@@ -18,8 +18,8 @@ from realesrgan_tiled.errors import InputImageError
 from realesrgan_tiled.loading import load_model
 
 from .conftest import upscaled
+from .engine_fixtures import spy_descriptor
 from .model_fixtures import OverflowsInHalf, as_descriptor
-from .test_engine import _spy_descriptor
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_peak_memory_is_output_plus_a_bounded_working_set(compact_file):
 
 
 def test_four_hundred_frames_stream_one_tile_at_a_time(compact_file):
-    model, spy = _spy_descriptor(load_model(compact_file))
+    model, spy = spy_descriptor(load_model(compact_file))
     frames = torch.rand(400, 12, 12, 3)
     out = upscaled(model, frames)
     assert out.shape == (400, 48, 48, 3)
@@ -71,7 +71,7 @@ def test_four_hundred_frames_stream_one_tile_at_a_time(compact_file):
 
 
 def test_cancel_during_the_fp32_rerun_then_next_run_matches_a_fresh_model():
-    model, spy = _spy_descriptor(as_descriptor(OverflowsInHalf()))
+    model, spy = spy_descriptor(as_descriptor(OverflowsInHalf()))
     image = torch.rand(1, 20, 20, 3)  # one tile
     checks = {"n": 0}
 
@@ -142,7 +142,7 @@ def test_ctrl_c_while_loading_exits_cleanly(tmp_path, x4plus_path):
 def test_result_larger_than_free_memory_is_refused_before_any_work(compact_file):
     """The issue's 16384x16384 x4 case: 65536^2 x 3 fp32 = 48 GiB of result. On a host with
     less free memory it must be one clear error up front, not an OOM kill half-way."""
-    model, spy = _spy_descriptor(load_model(compact_file))
+    model, spy = spy_descriptor(load_model(compact_file))
     huge = torch.zeros(1, 1, 1, 3).expand(1, 16384, 16384, 3)  # no memory behind it
     with pytest.raises(InputImageError, match=r"needs 48\.0 GiB but only 24\.0 GiB"):
         upscaled(model, huge, free_memory=lambda device: 24 << 30)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..engine import Choices, Host, upscale
-from .data import read_rgb
+from .data import DataError, read_rgb
 
 # what each selection metric means: (report key, higher is better)
 SELECTION = {"psnr_y": True, "perceptual": False}
@@ -31,6 +31,8 @@ def held_out_set(files: list[Path], degrade, scale: int, crop: int | None, seed:
         hr = read_rgb(path)
         top, left, h, w = _crop_box(hr.shape[-2:], crop, scale)
         if lq_files is not None:
+            if path.stem not in lq_files:
+                raise DataError(f"--lq has no image named {path.stem}.* for the held-out {path.name}")
             lr = read_rgb(lq_files[path.stem])[:, top // scale : (top + h) // scale, left // scale : (left + w) // scale]
         else:
             generator = torch.Generator().manual_seed(seed * 1000003 + index)
