@@ -212,3 +212,23 @@ def test_cli_finetune_and_its_errors(photos, base, tmp_path):
         bad = subprocess.run([sys.executable, "-m", "realesrgan_tiled", "finetune", *extra],
                              capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("unshuffle,scale", [(1, 4), (2, 2), (4, 1)])
+def test_rrdbnet_bases_of_every_scale_train_and_export(photos, tmp_path, unshuffle, scale):
+    """RRDBNet x4, and x2/x1 with pixel-unshuffle (RealESRGAN_x2plus's layout): patches fit
+    the unshuffle, and the export is read by spandrel as the same network."""
+    from realesrgan_tiled.archs import RRDBNet
+
+    torch.manual_seed(0)
+    net = RRDBNet(num_feat=16, num_block=1, num_grow_ch=32, num_upsample=2, unshuffle=unshuffle)  # spandrel reads 32 grow channels only
+    base = tmp_path / f"rrdb_x{scale}.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(base))
+    out = tmp_path / "tuned.safetensors"
+    report = finetune(_settings(photos, base, out, iterations=3, eval_every=3, patch_size=32, report=None, force=True))
+    assert report["base"]["scale"] == scale and report["patch_size"] % (8 * scale * unshuffle) == 0
+    ours, theirs = load_model(out), ModelLoader().load_from_file(str(out))
+    x = torch.rand(1, 3, 16, 20)
+    with torch.no_grad():
+        a, b = ours(x), theirs(x)
+    assert a.shape == (1, 3, 16 * scale, 20 * scale) and (a - b[..., : 16 * scale, : 20 * scale]).abs().max() <= 1e-5
