@@ -93,6 +93,8 @@ def _add_finetune(sub) -> None:
     ft.add_argument("--vgg19", metavar="FILE",
                     help="torchvision vgg19 weights (vgg19-dcbb9e9d.pth): Real-ESRGAN's VGG19 feature loss; default: the ST-LPIPS VGG16 "
                          "distance, which ships with the train extra")
+    ft.add_argument("--discriminator", metavar="FILE",
+                    help="with --loss gan: start from this UNetDiscriminatorSN (e.g. RealESRGAN_x4plus_netD.pth) instead of a new one")
     ft.add_argument("--eval-every", type=int, help="evaluate and checkpoint every N iterations (default: a tenth of the run)")
     ft.add_argument("--eval-crop", default="512", help="held-out images are centre-cropped to this many px a side, or 'none'")
     ft.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -114,7 +116,7 @@ def _cmd_finetune(args) -> int:
     settings = Settings(data=args.data, base=args.base, out=args.output, val=args.val, iterations=args.iterations,
                         batch_size=args.batch_size, patch_size=args.patch_size, loss=args.loss, degradation=args.degradation,
                         lq=args.lq, lr=args.lr, seed=args.seed, device=args.device, report=args.report, force=args.force,
-                        vgg19=args.vgg19, eval_every=args.eval_every, eval_crop=crop)
+                        vgg19=args.vgg19, eval_every=args.eval_every, eval_crop=crop, discriminator=args.discriminator)
     logging.getLogger("realesrgan_tiled").setLevel(logging.INFO)
     try:
         with _training_bar(args.quiet) as progress:

@@ -232,3 +232,20 @@ def test_rrdbnet_bases_of_every_scale_train_and_export(photos, tmp_path, unshuff
     with torch.no_grad():
         a, b = ours(x), theirs(x)
     assert a.shape == (1, 3, 16 * scale, 20 * scale) and (a - b[..., : 16 * scale, : 20 * scale]).abs().max() <= 1e-5
+
+
+def test_gan_can_start_from_a_pretrained_discriminator(photos, base, tmp_path):
+    """Real-ESRGAN ships its discriminators (RealESRGAN_x4plus_netD.pth, wrapped in params):
+    one given skips the warm-up, and its weights are the ones trained on."""
+    from realesrgan_tiled.archs.unet_discriminator import UNetDiscriminatorSN
+
+    torch.manual_seed(1)
+    netd = tmp_path / "netD.pth"
+    torch.save({"params": UNetDiscriminatorSN().state_dict()}, netd)
+    report, losses = _losses(_settings(photos, base, tmp_path / "d.safetensors", loss="gan", iterations=2, eval_every=2,
+                                       discriminator=str(netd), force=True, report=None))
+    assert report["discriminator_warmup"] == 0 and "gan" in losses[0]
+    with pytest.raises(RealESRGANTiledError, match="--discriminator .*not a UNetDiscriminatorSN"):
+        finetune(_settings(photos, base, tmp_path / "e.safetensors", loss="gan", discriminator=str(base)))
+    with pytest.raises(RealESRGANTiledError, match="goes with --loss gan"):
+        finetune(_settings(photos, base, tmp_path / "f.safetensors", loss="l1", discriminator=str(netd)))

@@ -54,6 +54,7 @@ class Settings:
     vgg19: str | None = None  # a torchvision vgg19 weights file for the perceptual loss
     eval_every: int | None = None  # None: a tenth of the run (at least 50 iterations)
     eval_crop: int | None = 512  # held-out images are centre-cropped to this many px a side (None: whole)
+    discriminator: str | None = None  # a pretrained UNetDiscriminatorSN to start the GAN from (no warm-up then)
 
 
 def finetune(settings: Settings, resume: str | None = None, progress=None, should_stop=None) -> dict:
@@ -84,6 +85,8 @@ class _Job:
         self.scale = int(self.base.scale)
         if s.degradation not in DEGRADATIONS or s.loss not in LOSSES:
             raise FinetuneError(f"--degradation must be one of {DEGRADATIONS} and --loss one of {LOSSES}")
+        if s.discriminator is not None and s.loss != "gan":
+            raise FinetuneError("--discriminator goes with --loss gan")
         if (s.degradation == "paired") != (s.lq is not None):
             raise FinetuneError("--degradation paired goes with --lq LQ_DIR (and --lq only with paired)")
         if Path(s.out).suffix.lower() != ".safetensors":
@@ -103,10 +106,11 @@ class _Job:
         self.held_out = held_out_set(self.split.held_out, self.degrade, self.scale, s.eval_crop, s.seed, lq_files)
         self.selection = "psnr_y" if s.loss == "l1" else "perceptual"
         self.eval_every = s.eval_every or max(50, s.iterations // 10)
-        self.warmup = min(1000, s.iterations // 5) if s.loss == "gan" else 0  # the discriminator learns first
+        # a new discriminator learns alone first; a pretrained one is ready
+        self.warmup = min(1000, s.iterations // 5) if s.loss == "gan" and s.discriminator is None else 0
         self.checkpoint = checkpoint_path(Path(s.out))
         torch.manual_seed(s.seed)
-        self.m, self.ema_model = build_models(self.base, s.loss, s.lr, s.vgg19, self.device)
+        self.m, self.ema_model = build_models(self.base, s.loss, s.lr, s.vgg19, self.device, s.discriminator)
         self.data_rng, self.degrade_rng = torch.Generator().manual_seed(s.seed), torch.Generator().manual_seed(s.seed + 1)
         self.pool = datasets.PairPool(max(self.batch * 8, 32))
         self.iteration, self.history, self.skipped, self.best = 0, [], [], None

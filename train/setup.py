@@ -12,8 +12,8 @@ from ..archs import OurModel
 from ..archs.output_resize import OutputResize
 from ..bundled_models import BUNDLED, bundled_model_path
 from ..engine.settings import native_bf16
-from ..errors import RealESRGANTiledError
-from ..loading import load_model
+from ..errors import ModelLoadError, RealESRGANTiledError
+from ..loading import load_model, read_state_dict
 from .steps import Models
 
 ADAM_BETAS = (0.9, 0.99)
@@ -49,9 +49,11 @@ def patch_geometry(base: OurModel, patch: int | None, batch: int | None, device:
     return side, batch
 
 
-def build_models(base: OurModel, loss: str, lr: float, vgg19: str | None, device: torch.device) -> tuple[Models, OurModel]:
+def build_models(base: OurModel, loss: str, lr: float, vgg19: str | None, device: torch.device,
+                 discriminator_file: str | None = None) -> tuple[Models, OurModel]:
     """The trained generator (from the base's weights), a descriptor around its EMA (what the
-    evaluation upscales with), and the losses' networks."""
+    evaluation upscales with), and the losses' networks; the discriminator from
+    ``discriminator_file`` (e.g. Real-ESRGAN's ``RealESRGAN_x4plus_netD.pth``) or new."""
     generator = copy.deepcopy(base.network).to(device).train().requires_grad_(True)
     ema_model = copy.deepcopy(base)
     ema_model.model.to(device)
@@ -61,9 +63,7 @@ def build_models(base: OurModel, loss: str, lr: float, vgg19: str | None, device
 
         perceptual = PerceptualLoss(weights_file=vgg19).to(device)
     if loss == "gan":
-        from ..archs.unet_discriminator import UNetDiscriminatorSN
-
-        discriminator = UNetDiscriminatorSN(num_in_ch=base.output_channels).to(device).train()
+        discriminator = _discriminator(base, discriminator_file).to(device).train()
         d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=ADAM_BETAS)
     if device.type == "cuda":
         for net in (generator, discriminator):
@@ -74,6 +74,21 @@ def build_models(base: OurModel, loss: str, lr: float, vgg19: str | None, device
                     perceptual=perceptual, discriminator=discriminator, d_optimizer=d_optimizer,
                     autocast_dtype=torch.bfloat16 if device.type == "cuda" and native_bf16(device) else None)
     return models, ema_model
+
+
+def _discriminator(base: OurModel, path: str | None):
+    from ..archs.unet_discriminator import UNetDiscriminatorSN, load_discriminator
+
+    if path is None:
+        return UNetDiscriminatorSN(num_in_ch=base.output_channels)
+    try:
+        net = load_discriminator(read_state_dict(Path(path)))
+    except (ModelLoadError, OSError) as e:
+        raise ModelLoadError(f"--discriminator {path}: {e}") from None
+    if net.num_in_ch != base.output_channels:
+        raise ModelLoadError(f"--discriminator {path}: it judges {net.num_in_ch}-channel images; "
+                             f"the base makes {base.output_channels}-channel ones")
+    return net
 
 
 def metric_functions() -> tuple[dict, str]:
