@@ -31,3 +31,10 @@ def bundled_model_path(name: str = DEFAULT_MODEL) -> Path:
     if name not in BUNDLED:
         raise ModelLoadError(f"no bundled model named {name!r}; choose one of {', '.join(BUNDLED)}")
     return bundled_models_dir() / BUNDLED[name]
+
+
+def model_path(name: str | None) -> Path:
+    """A bundled model's name (None: the default) or a file path, as the CLI and the trainer take them."""
+    if name is None or name in BUNDLED:
+        return bundled_model_path(name or DEFAULT_MODEL)
+    return Path(name)

@@ -119,7 +119,7 @@ def _cmd_finetune(args) -> int:
                         vgg19=args.vgg19, eval_every=args.eval_every, eval_crop=crop, discriminator=args.discriminator)
     logging.getLogger("realesrgan_tiled").setLevel(logging.INFO)
     try:
-        with _training_bar(args.quiet) as progress:
+        with _progress_bar("fine-tuning", args.quiet, unit="it") as progress:
             report = finetune(settings, resume=args.resume, progress=progress)
     except OSError as e:  # a full disk, an unwritable folder: one line, the checkpoint of the last evaluation stays
         raise RealESRGANTiledError(f"{e.filename or ''}: {e.strerror or e}") from None
@@ -128,29 +128,6 @@ def _cmd_finetune(args) -> int:
     print(f"held-out {key}: base {metrics['base']['mean'][key]:.4f} -> fine-tuned {metrics['finetuned']['mean'][key]:.4f} "
           f"(best at iteration {metrics['best_iteration']}); wrote {report['exported']}")
     return 0
-
-
-class _training_bar:
-    """tqdm on stderr over the iterations, with the step's losses and an ETA."""
-
-    def __init__(self, quiet: bool):
-        self.quiet, self.bar = quiet, None
-
-    def __enter__(self):
-        return None if self.quiet else self.update
-
-    def update(self, iteration: int, total: int, losses: dict) -> None:
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=iteration - 1, desc="fine-tuning", unit="it", file=sys.stderr)
-        self.bar.update(iteration - self.bar.n)
-        self.bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
-        return False
 
 
 def _cmd_info(args) -> int:
@@ -166,11 +143,9 @@ def _cmd_info(args) -> int:
 
 
 def _resolve_model(name: str | None) -> Path:
-    from .bundled_models import BUNDLED, DEFAULT_MODEL, bundled_model_path
+    from .bundled_models import model_path
 
-    if name is None or name in BUNDLED:
-        return bundled_model_path(name or DEFAULT_MODEL)
-    return Path(name)
+    return model_path(name)
 
 
 def _cmd_upscale(args) -> int:
@@ -236,22 +211,26 @@ def _output_path(folder: Path, source: Path, written: set[str]) -> Path:
 
 
 class _progress_bar:
-    """tqdm on stderr, one bar per image, advanced per tile."""
+    """tqdm on stderr with an ETA: one bar per upscaled image (advanced per tile), or over a
+    fine-tuning run's iterations (with the step's losses)."""
 
-    def __init__(self, label: str, quiet: bool):
-        self.label, self.quiet, self.bar = label, quiet, None
+    def __init__(self, label: str, quiet: bool, unit: str = "tile"):
+        self.label, self.quiet, self.unit, self.bar = label, quiet, unit, None
 
     def __enter__(self):
         return self._update
 
-    def _update(self, done: int, total: int) -> None:
+    def _update(self, done: float, total: int, postfix: dict | None = None) -> None:
         if self.quiet:
             return
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=self.label, unit="tile", file=sys.stderr, leave=True)
+            # a resumed run's first report is past 0: start the bar there, so the rate counts this sitting only
+            self.bar = tqdm(total=total, initial=max(done - 1, 0), desc=self.label, unit=self.unit, file=sys.stderr, leave=True)
         self.bar.update(done - self.bar.n)
+        if postfix:
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in postfix.items()}, refresh=False)
 
     def __exit__(self, *exc):
         if self.bar is not None:

@@ -12,8 +12,6 @@ def descriptor_of(net: torch.nn.Module):
     return build_descriptor(sniff(net.state_dict(), getattr(net, "act_type", None)))
 
 
-
-
 def direct(model, images: torch.Tensor) -> torch.Tensor:
     """Oracle: the whole image through the model in one call, no tiling."""
     x = images.movedim(-1, 1)

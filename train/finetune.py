@@ -6,6 +6,7 @@ export them only if they beat the base on the held-out images (or ``force``).
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -114,6 +115,7 @@ class _Job:
         self.data_rng, self.degrade_rng = torch.Generator().manual_seed(s.seed), torch.Generator().manual_seed(s.seed + 1)
         self.pool = datasets.PairPool(max(self.batch * 8, 32))
         self.iteration, self.history, self.skipped, self.best = 0, [], [], None
+        self.latest = None  # the last evaluation of the EMA in this sitting
         self.base_metrics = None
         if state is not None:
             self._restore(state)
@@ -156,7 +158,7 @@ class _Job:
         return lr, hr
 
     def _checkpoint_evaluation(self) -> None:
-        result = self._evaluate(self.ema_model)
+        result = self.latest = self._evaluate(self.ema_model)
         score = result["mean"][self.selection]
         self.history.append({"iteration": self.iteration, "mean": result["mean"]})
         log.info("iteration %d: held-out %s %.4f (base %.4f)", self.iteration, self.selection, score,
@@ -218,15 +220,13 @@ class _Job:
             report["refused"] = (f"no evaluation beat the base model on the held-out images ({self.selection}: base "
                                  f"{base_score:.4f}); nothing exported (--force exports the last EMA weights anyway)")
         if self.s.report:
-            import json
-
             Path(self.s.report).write_text(json.dumps(report, indent=1))
         if report["exported"] is None:
             raise FinetuneError(report["refused"])
         return report
 
     def _report(self, improved: bool) -> dict:
-        final = self.best["metrics"] if improved else self._evaluate(self.ema_model)
+        final = self.best["metrics"] if improved else (self.latest or self._evaluate(self.ema_model))
         return {
             "settings": asdict(self.s), "device": str(self.device),
             "base": {"model": self.s.base, "architecture": self.base.architecture.name, "scale": self.scale},

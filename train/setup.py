@@ -10,7 +10,7 @@ import torch
 
 from ..archs import OurModel
 from ..archs.output_resize import OutputResize
-from ..bundled_models import BUNDLED, bundled_model_path
+from ..bundled_models import model_path
 from ..engine.settings import native_bf16
 from ..errors import ModelLoadError, RealESRGANTiledError
 from ..loading import load_model, read_state_dict
@@ -22,8 +22,7 @@ DISCRIMINATOR_MULTIPLE = 8  # the U-Net discriminator halves a patch three times
 
 
 def load_base(name: str) -> OurModel:
-    path = bundled_model_path(name) if name in BUNDLED else Path(name)
-    model = load_model(path)
+    model = load_model(model_path(name))
     if not isinstance(model, OurModel):
         raise RealESRGANTiledError(f"--base {name}: a {model.architecture.name} model; fine-tuning takes Real-ESRGAN's "
                                    "generators (RRDBNet, SRVGGNetCompact)")

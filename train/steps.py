@@ -43,7 +43,6 @@ def train_step(m: Models, lr: torch.Tensor, gt: torch.Tensor, gt_sharp: torch.Te
             losses["gan"] = GAN_WEIGHT * generator_gan_loss(m.discriminator(sr).float())
     bad = _first_not_finite(losses)
     if bad is not None:
-        m.optimizer.zero_grad(set_to_none=True)
         return bad
     m.optimizer.zero_grad(set_to_none=True)
     sum(losses.values()).backward()
