@@ -15,6 +15,7 @@ import torch
 from spandrel import Architecture, ImageModelDescriptor, SizeRequirements
 
 from ..errors import ModelLoadError
+from .backend import current as current_backend
 from .output_resize import OutputResize
 
 
@@ -46,7 +47,8 @@ class OurArchitecture(Architecture):
     """One of our networks, usable as a spandrel ``Architecture`` too (``detect`` / ``load``)."""
 
     network_class: ClassVar[type[torch.nn.Module]]
-    plan_class: ClassVar[type]
+    plan_class: ClassVar[type]  # the torch plan: ``for_device(device)`` gives the device's default
+    ncnn_plan_class: ClassVar[type | None] = None  # the ncnn backend's plan, if the network has one
     build_keys: ClassVar[tuple[str, ...]]  # hyperparameters the network's constructor takes
 
     def __init__(self, name: str):
@@ -94,8 +96,18 @@ class OurArchitecture(Architecture):
 
     # -- running ------------------------------------------------------------------------
 
-    def plan_for(self, device: torch.device):
+    def plan_for(self, device: torch.device, backend: str = "torch"):
+        if backend == "ncnn":
+            return self.ncnn_plan_class()
         return self.plan_class.for_device(device)
+
+    def probe_key(self, net: torch.nn.Module) -> tuple:
+        """What decides the backends' relative speed (``speed_probe`` is measured once per key)."""
+        raise NotImplementedError
+
+    def speed_probe(self, net: torch.nn.Module) -> dict:
+        """{backend: a callable running the same small, representative piece of ``net``}."""
+        raise NotImplementedError
 
     def overlap(self, net: torch.nn.Module) -> int:
         """Tile overlap in input px: enough context that tiled == whole-image output (README)."""
@@ -144,14 +156,17 @@ class OurModel(ImageModelDescriptor):
     def our_architecture(self) -> OurArchitecture:
         return self.architecture  # type: ignore[return-value]
 
-    def plan_on(self, device: torch.device):
-        return self.plan if self.plan is not None else self.our_architecture.plan_for(device)
+    def plan_on(self, device: torch.device, x: torch.Tensor | None = None):
+        """``plan``, or the default plan of the backend that runs now (``archs/backend.py``)."""
+        if self.plan is not None:
+            return self.plan
+        return self.our_architecture.plan_for(device, current_backend(self, device if x is None else x))
 
     def _infer(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Training (grad enabled) runs the reference graph; inference runs the plan."""
         if torch.is_grad_enabled():
             return model(x)
-        y = self.plan_on(x.device).run(self.network, x)
+        y = self.plan_on(x.device, x).run(self.network, x)
         return model.resize(y) if isinstance(model, OutputResize) else y
 
     def window_steps(self, device: torch.device, height: int, width: int) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..archs import OurModel
+from ..archs import backend as backends
 from ..archs.padding import pad_bottom_right
 from ..archs.windows import checking_cancel
 from ..errors import RealESRGANTiledError
@@ -97,13 +98,14 @@ def _upscale_once(images: torch.Tensor, model, choices: Choices, host: Host) -> 
     settings.check_output_fits(batch, target, channels, host.output_dtype, host.free_memory(out_device))
     passes = channel_passes(channels, model.input_channels)
     multiple = max(1, int(model.size_requirements.multiple_of))
-    ran = RunReport(precision=settings.dtype_name(dtype), device=str(device))
+    backend = backends.resolve(choices.backend, model, device, dtype)
+    ran = RunReport(precision=settings.dtype_name(dtype), device=str(device), backend=backend)
     try:
         if host.make_room is not None:
             host.make_room(device, _weight_bytes(model))
         model.to(device)
         model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), backends.using(backend):
             tile = _tile_size(model, choices.tile_size, host, device, dtype, (height, width), multiple)
             overlap = min(model_overlap(model) if choices.overlap is None else choices.overlap, tile // 2)
             ran.tile_size, ran.overlap = tile, overlap

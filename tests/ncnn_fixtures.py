@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from realesrgan_tiled.archs.ncnn_writer import GraphWriter as ProductionGraphWriter
+from realesrgan_tiled.archs.ncnn_writer import conv_params, raw_fp32
+
 FP16_TAG = 0x01306B47
 
 
@@ -70,59 +73,18 @@ def run_ncnn(param: Path, x: torch.Tensor, threads: int = 1) -> torch.Tensor:
     return result
 
 
-class GraphWriter:
-    """Builds an ncnn graph layer by layer; ``save`` inserts the Split layers ncnn needs where
-    a blob has several readers and writes the .param and the .bin (weights in layer order)."""
-
-    def __init__(self):
-        self.layers: list[dict] = []
-        self.count = 0
-        self.data = self._add("Input", [], {}, name="input")
-
-    def _add(self, type_, bottoms, params, weights=(), name=None) -> str:
-        self.count += 1
-        top = f"b{self.count}"
-        self.layers.append(dict(type=type_, name=name or f"{type_.lower()}_{self.count}", bottoms=list(bottoms),
-                                tops=[top], params=params, weights=list(weights)))
-        return top
+class GraphWriter(ProductionGraphWriter):
+    """The production writer plus what only tests need: fp16 / lookup-table weights, Reorg,
+    scalar BinaryOps, any layer, and ``save`` to files."""
 
     def conv(self, x, weight: torch.Tensor, bias: torch.Tensor | None, act=None, fp16=False) -> str:
-        out, cin, kh, kw = weight.shape
-        params = {0: out, 1: kw, 11: kh, 4: kw // 2, 5: int(bias is not None), 6: weight.numel()}
-        if act == "relu":
-            params[9] = 1
-        elif act is not None:  # a LeakyReLU slope
-            params[9] = 2
-            params[-23310] = [float(act)]
+        if not fp16:
+            return super().conv(x, weight, bias, act)
         w = weight.detach().float().numpy().ravel()
-        blobs = [_tagged(w, fp16)]
-        if bias is not None:
-            blobs.append(bias.detach().float().numpy().astype("<f4").tobytes())
-        return self._add("Convolution", [x], params, blobs)
-
-    def relu(self, x, slope: float = 0.0) -> str:
-        return self._add("ReLU", [x], {0: float(slope)} if slope else {})
-
-    def prelu(self, x, slopes: torch.Tensor) -> str:
-        return self._add("PReLU", [x], {0: slopes.numel()}, [slopes.detach().float().numpy().astype("<f4").tobytes()])
-
-    def concat(self, xs) -> str:
-        return self._add("Concat", xs, {0: 0})
-
-    def eltwise_sum(self, xs, coeffs) -> str:
-        return self._add("Eltwise", xs, {0: 1, -23301: [float(c) for c in coeffs]})
-
-    def add(self, a, b) -> str:
-        return self._add("BinaryOp", [a, b], {0: 0})
+        return self._add("Convolution", [x], conv_params(weight, bias, act), [_tagged(w, fp16), *raw_fp32(bias)])
 
     def mul_scalar(self, a, value: float) -> str:
         return self._add("BinaryOp", [a], {0: 2, 1: 1, 2: float(value)})
-
-    def interp(self, x, mode: int, scale: float) -> str:
-        return self._add("Interp", [x], {0: mode, 1: float(scale), 2: float(scale)})
-
-    def pixel_shuffle(self, x, r: int, mode: int = 0) -> str:
-        return self._add("PixelShuffle", [x], {0: r, 1: mode} if mode else {0: r})
 
     def reorg(self, x, stride: int, mode: int = 0) -> str:
         return self._add("Reorg", [x], {0: stride, 1: mode} if mode else {0: stride})
@@ -131,64 +93,25 @@ class GraphWriter:
         return self._add(type_, xs, params or {})
 
     def save(self, stem: Path, output: str, output_name: str = "output", data_name: str = "data") -> Path:
-        layers = [dict(layer, bottoms=list(layer["bottoms"]), tops=list(layer["tops"])) for layer in self.layers]
-        rename = {output: output_name, self.data: data_name}
-        for layer in layers:
-            layer["bottoms"] = [rename.get(b, b) for b in layer["bottoms"]]
-            layer["tops"] = [rename.get(t, t) for t in layer["tops"]]
-        readers: dict[str, int] = {}
-        for layer in layers:
-            for b in layer["bottoms"]:
-                readers[b] = readers.get(b, 0) + 1
-        final = []
-        for layer in layers:
-            final.append(layer)
-            for t in layer["tops"]:
-                n = readers.get(t, 0)
-                if n > 1:
-                    outs = [f"{t}_splitncnn_{i}" for i in range(n)]
-                    final.append(dict(type="Split", name=f"splitncnn_{t}", bottoms=[t], tops=outs, params={}, weights=[]))
-                    used = 0
-                    for later in layers[layers.index(layer) + 1:]:
-                        for i, b in enumerate(later["bottoms"]):
-                            if b == t:
-                                later["bottoms"][i] = outs[used]
-                                used += 1
-        blobs = {b for layer in final for b in (*layer["bottoms"], *layer["tops"])}
-        lines = ["7767517", f"{len(final)} {len(blobs)}"]
-        for layer in final:
-            fields = [f"{layer['type']:<24}", f"{layer['name']:<24}", str(len(layer["bottoms"])), str(len(layer["tops"])),
-                      *layer["bottoms"], *layer["tops"]]
-            fields += [_param(k, v) for k, v in layer["params"].items()]
-            lines.append(" ".join(fields))
+        text, weights = self.build(output, output_name, data_name)
         stem = Path(stem)
         param = stem.with_suffix(".param")
-        param.write_text("\n".join(lines) + "\n")
-        stem.with_suffix(".bin").write_bytes(b"".join(w for layer in final for w in layer["weights"]))
+        param.write_text(text)
+        stem.with_suffix(".bin").write_bytes(weights)
         return param
 
 
 def _tagged(values: np.ndarray, fp16) -> bytes:
-    """``fp16``: False (fp32, tag 0), True (fp16 tag, padded to 4 bytes) or "table" (a 256-entry
-    fp32 lookup table + uint8 indices, padded to 4 bytes, behind any other non-zero tag)."""
+    """``fp16``: True (fp16 tag, padded to 4 bytes) or "table" (a 256-entry fp32 lookup table +
+    uint8 indices, padded to 4 bytes, behind any other non-zero tag)."""
     if fp16 == "table":
         table = np.linspace(values.min(), values.max(), 256).astype("<f4")
         idx = np.abs(values[:, None] - table[None, :]).argmin(1).astype(np.uint8)
         raw = idx.tobytes() + b"\0" * (-len(idx) % 4)
         return struct.pack("<I", 1) + table.tobytes() + raw
-    if fp16:
-        raw = values.astype("<f2").tobytes()
-        raw += b"\0" * (-len(raw) % 4)
-        return struct.pack("<I", FP16_TAG) + raw
-    return struct.pack("<I", 0) + values.astype("<f4").tobytes()
-
-
-def _param(key: int, value) -> str:
-    if isinstance(value, list):
-        return f"{key}={len(value)}," + ",".join(f"{v:e}" for v in value)
-    if isinstance(value, float):
-        return f"{key}={value:e}"
-    return f"{key}={value}"
+    raw = values.astype("<f2").tobytes()
+    raw += b"\0" * (-len(raw) % 4)
+    return struct.pack("<I", FP16_TAG) + raw
 
 
 # ---- the two architectures, written the way the real exports are ---------------------------

@@ -1,0 +1,117 @@
+"""Which backend runs our networks: torch (our plans, every device) or ncnn (CPU, fp32, where the
+``ncnn`` package is installed).
+
+"auto" is measured, not guessed: the first time a network of a given shape runs on the CPU, a
+small representative piece of it (``OurArchitecture.speed_probe``) is timed on both backends
+and the faster one is kept for the rest of the process. The engine reports which one ran
+(``RunReport.backend``); ``Choices.backend``, the CLI's ``--backend`` or the environment
+variable ``REALESRGAN_TILED_BACKEND`` pin one.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+
+from ..errors import InputImageError
+from . import ncnn_runtime
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "ncnn")
+ENVIRONMENT_VARIABLE = "REALESRGAN_TILED_BACKEND"
+
+_chosen: contextvars.ContextVar[str | None] = contextvars.ContextVar("backend", default=None)
+_measured: dict[tuple, str] = {}
+_measure_lock = threading.Lock()
+
+
+def requested(choice: str | None) -> str:
+    """The user's choice, else the environment's, else "auto"; checked."""
+    value = choice if choice is not None else os.environ.get(ENVIRONMENT_VARIABLE) or "auto"
+    if value not in BACKENDS:
+        source = "backend" if choice is not None else ENVIRONMENT_VARIABLE
+        raise InputImageError(f"{source} must be one of {', '.join(BACKENDS)}, not {value!r}")
+    return value
+
+
+def resolve(choice: str | None, model, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend a run of ``model`` on ``device`` in ``dtype`` uses. ncnn runs only our
+    networks, on the CPU, in fp32; asked for elsewhere, it is torch (with a warning)."""
+    wanted = requested(choice)
+    if wanted == "torch":
+        return "torch"
+    why_not = _ncnn_unusable(model, device, dtype)
+    if why_not is not None:
+        if wanted == "ncnn":
+            log.warning("the ncnn backend cannot run this: %s; running on torch", why_not)
+        return "torch"
+    return "ncnn" if wanted == "ncnn" else _faster(model)
+
+
+def _ncnn_unusable(model, device: torch.device, dtype: torch.dtype) -> str | None:
+    if device.type != "cpu":
+        return f"it runs on the CPU only, not {device.type}"
+    if dtype != torch.float32:
+        return "it runs in fp32 only"
+    if getattr(model, "our_architecture", None) is None or model.our_architecture.ncnn_plan_class is None:
+        return "it runs our RRDBNet and SRVGGNetCompact networks only"
+    if not ncnn_runtime.available():
+        return "the ncnn package is not installed (pip install ncnn)"
+    return None
+
+
+@contextlib.contextmanager
+def using(backend: str) -> Iterator[None]:
+    """Within this block our networks run on ``backend`` ("torch" or "ncnn")."""
+    token = _chosen.set(backend)
+    try:
+        yield
+    finally:
+        _chosen.reset(token)
+
+
+def current(model, x_or_device) -> str:
+    """The backend for a call of ``model`` now: the engine's choice, or for a direct call (ComfyUI
+    core's node, a spandrel user) the measured auto choice."""
+    chosen = _chosen.get()
+    if chosen is not None:
+        return chosen
+    device = x_or_device.device if isinstance(x_or_device, torch.Tensor) else x_or_device
+    dtype = x_or_device.dtype if isinstance(x_or_device, torch.Tensor) else torch.float32
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+    return resolve(None, model, torch.device(device), dtype)
+
+
+def _faster(model) -> str:
+    arch, net = model.our_architecture, model.network
+    key = (arch.name, arch.probe_key(net), torch.get_num_threads())
+    with _measure_lock:
+        if key not in _measured:
+            _measured[key] = _measure(arch.speed_probe(net))
+            log.info("backend for %s on this CPU: %s (measured)", arch.name, _measured[key])
+        return _measured[key]
+
+
+def _measure(probes: dict[str, Callable[[], None]]) -> str:
+    """The backend whose probe ran fastest, each timed after one warm-up run."""
+    seconds = {}
+    with torch.inference_mode():
+        for name, probe in probes.items():
+            probe()
+            start = time.perf_counter()
+            probe()
+            seconds[name] = time.perf_counter() - start
+    return min(seconds, key=seconds.get)
+
+
+def measured() -> dict[tuple, str]:
+    """The auto choices made so far in this process (for health reports and tests)."""
+    return dict(_measured)

@@ -1,0 +1,69 @@
+"""SRVGGNetCompact on the ncnn backend (``archs/ncnn_runtime.py``): the conv body is one ncnn
+stage run window by window; each window's pixel shuffle and nearest-upscaled base are added in
+torch, so no full-size feature map exists. Equal to the reference network to fp32 rounding."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..ncnn_writer import GraphWriter
+from ..ncnn_runtime import NCNN_WINDOW_FACTOR, Stage, StageCache, ncnn_weight_bytes, run_in_windows
+from ..windows import Window, even_spans, worker_count
+from .network import SRVGGNetCompact
+
+
+@dataclass(frozen=True)
+class SRVGGNcnnPlan:
+    window: int = 192  # window side before the halo
+    threads: int | None = None  # window workers; None: torch's intra-op thread count
+    backend = "ncnn"
+
+    def run(self, net: SRVGGNetCompact, x: torch.Tensor) -> torch.Tensor:
+        body = _STAGES.get(net)
+        x = x.float()
+        n, _, h, w = x.shape
+        up = net.upscale
+        out = x.new_empty((n, net.num_out_ch, h * up, w * up))
+
+        def place(i: int, win: Window, result: torch.Tensor) -> None:
+            rows, cols = win.core
+            out[i, :, rows.start * up : rows.stop * up, cols.start * up : cols.stop * up] = \
+                net.add_base(result.unsqueeze(0), x[i : i + 1, :, rows, cols])[0]
+
+        run_in_windows(body, x, self.window, net.receptive_radius, place, threads=self.threads, release=True)
+        return out
+
+    def window_steps(self, net: SRVGGNetCompact, height: int, width: int, element_size: int = 4) -> int:
+        return len(even_spans(height, self.window)) * len(even_spans(width, self.window))
+
+    def window_bytes(self, net: SRVGGNetCompact, element_size: int) -> int:
+        side = self.window + 2 * net.receptive_radius
+        per_worker = side**2 * net.num_feat * 4 * NCNN_WINDOW_FACTOR
+        return int(per_worker * worker_count(self.threads) + ncnn_weight_bytes(net))
+
+    def map_channels(self, net: SRVGGNetCompact) -> int:
+        return 0  # no full-size feature map
+
+
+def _body(net: SRVGGNetCompact) -> Stage:
+    g = GraphWriter()
+    h = g.data
+    layers = list(net.body)
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, nn.Conv2d):
+            continue
+        act = layers[i + 1] if i + 1 < len(layers) else None
+        if isinstance(act, nn.PReLU):
+            h = g.prelu(g.conv(h, layer.weight, layer.bias), act.weight)
+        elif isinstance(act, nn.LeakyReLU):
+            h = g.conv(h, layer.weight, layer.bias, act.negative_slope)
+        elif isinstance(act, nn.ReLU):
+            h = g.conv(h, layer.weight, layer.bias, "relu")
+        else:
+            h = g.conv(h, layer.weight, layer.bias)
+    return Stage(g, h)
+
+
+_STAGES = StageCache(_body)
