@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .archs import ACT_TYPES
+from .archs.backend import BACKENDS
 from .engine import PRECISIONS
 from .errors import RealESRGANTiledError
 
@@ -58,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--overlap", type=int, help="tile overlap in px (default: chosen per model)")
     up.add_argument("--precision", choices=PRECISIONS, help="default: auto (fp16 on CUDA, fp32 on CPU)")
     up.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    up.add_argument("--backend", choices=BACKENDS,
+                    help="auto (default: on the CPU, the faster of torch and ncnn, measured), torch or ncnn (CPU, fp32)")
     up.add_argument("--act", choices=ACT_TYPES, help="SRVGGNetCompact activation when the weights cannot tell")
     up.add_argument("--interpolate", metavar="MODEL_B",
                     help="blend --model with this model of the same architecture, weight by weight (network interpolation)")
@@ -149,9 +152,9 @@ def _resolve_model(name: str | None) -> Path:
 
 
 def _cmd_upscale(args) -> int:
-    from .engine import Choices, Host, upscale
+    from .engine import Choices
     from .errors import InputImageError
-    from .image_files import collect_inputs, read_image, write_png
+    from .image_files import collect_inputs
     from .loading import load_model
 
     if (args.width is None) != (args.height is None):
@@ -163,6 +166,7 @@ def _cmd_upscale(args) -> int:
         output_scale=args.scale,
         output_size=None if args.width is None else (args.height, args.width),
         passes="auto" if args.passes == "auto" else _positive_int(args.passes, "--passes", "a whole number or 'auto'"),
+        backend=args.backend,
     )
     model = load_model(_resolve_model(args.model), act_type=args.act)
     if args.interpolate is not None:
@@ -177,16 +181,30 @@ def _cmd_upscale(args) -> int:
     written: set[str] = set()
     for path in paths:
         try:
-            image = read_image(path)
-            with _progress_bar(path.name, args.quiet) as update:
-                result = upscale(image.pixels, model, choices, Host(device=args.device, progress=update))
-            target = _output_path(args.output, path, written)
-            write_png(target, result.images[0], image.bit_depth)
+            _upscale_file(path, model, choices, args, written)
         except (RealESRGANTiledError, OSError) as e:
             failures += 1
             message = str(e) if str(path) in str(e) else f"{path}: {e}"
             print(f"error: {message}", file=sys.stderr)
     return EXIT_USER_ERROR if failures else 0
+
+
+def _upscale_file(path: Path, model, choices, args, written: set[str]) -> None:
+    """One input to one PNG. Each big array is dropped as soon as the next step has what it
+    needs, so at most the float result and the PNG's pixels live at once, and nothing of this
+    image is alive (the locals die here) while the next one is read and upscaled."""
+    from .engine import Host, upscale
+    from .image_files import png_array, read_image, write_png_array
+
+    image = read_image(path)
+    with _progress_bar(path.name, args.quiet) as update:
+        result = upscale(image.pixels, model, choices, Host(device=args.device, progress=update))
+    bit_depth = image.bit_depth
+    del image  # the float input
+    target = _output_path(args.output, path, written)
+    pixels = png_array(result.images[0], bit_depth)
+    del result  # the float result, 4 (16-bit: 2) times the size of ``pixels``: gone before the encoder's copy
+    write_png_array(target, pixels)
 
 
 def _positive_int(text: str, option: str, what: str = "a whole number of pixels or 'auto'") -> int:

@@ -70,7 +70,9 @@ def _to_tensor(arr: np.ndarray, top: float = 255.0) -> torch.Tensor:
         arr = arr[..., None]
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputImageError(f"image is empty ({arr.shape[1]}x{arr.shape[0]} px)")
-    return torch.from_numpy(arr.astype(np.float32) / top).unsqueeze(0)
+    pixels = arr.astype(np.float32)
+    pixels /= top  # in place: one float copy of the image, not two
+    return torch.from_numpy(pixels).unsqueeze(0)
 
 
 def _png_bit_depth(path: Path) -> int | None:
@@ -94,18 +96,37 @@ def _read_png16(path: Path) -> LoadedImage:
 
 def write_png(path: Path, pixels: torch.Tensor, bit_depth: int = 8) -> None:
     """``pixels``: [H, W, C] float 0..1. Written atomically, so a crash never leaves half a file."""
+    write_png_array(path, png_array(pixels, bit_depth))
+
+
+PNG_ROWS_PER_BAND = 64  # rows converted at a time: float64 temporaries of ~6 MB for a 4096 px wide RGB row band
+
+
+def png_array(pixels: torch.Tensor, bit_depth: int = 8) -> np.ndarray:
+    """[H, W, C] float 0..1 -> uint8 (uint16 for ``bit_depth`` 16) [H, W, C], rounded to nearest.
+    Converted a band of rows at a time, so that besides the result only a band's float64
+    temporaries exist (whole-image ones were 2 x 8 bytes a value: 800 MB for a 4096 px RGB image)."""
     top = 65535 if bit_depth == 16 else 255
-    arr = np.rint(pixels.clamp(0, 1).numpy().astype(np.float64) * top)
+    out = np.empty(tuple(pixels.shape), dtype=np.uint16 if bit_depth == 16 else np.uint8)
+    for y in range(0, out.shape[0], PNG_ROWS_PER_BAND):
+        band = pixels[y : y + PNG_ROWS_PER_BAND].clamp(0, 1).numpy().astype(np.float64)
+        band *= top
+        np.rint(band, out=band)
+        out[y : y + PNG_ROWS_PER_BAND] = band  # whole numbers within the range: the cast is exact
+    return out
+
+
+def write_png_array(path: Path, arr: np.ndarray) -> None:
+    """``arr``: [H, W, C] uint8 or uint16 (a 16-bit PNG) from ``png_array``. Written atomically."""
     channels = arr.shape[-1]
     tmp = path.with_name(path.name + ".part")
-    if bit_depth == 16:
+    if arr.dtype == np.uint16:
         import png
 
         mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
-        png.from_array(arr.astype(np.uint16).reshape(arr.shape[0], -1), f"{mode};16").save(str(tmp))
+        png.from_array(arr.reshape(arr.shape[0], -1), f"{mode};16").save(str(tmp))
     else:
-        arr8 = arr.astype(np.uint8)
-        Image.fromarray(arr8[..., 0] if channels == 1 else arr8).save(tmp, format="PNG")
+        Image.fromarray(arr[..., 0] if channels == 1 else arr).save(tmp, format="PNG")
     tmp.replace(path)
 
 

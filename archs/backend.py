@@ -41,9 +41,11 @@ def requested(choice: str | None) -> str:
     return value
 
 
-def resolve(choice: str | None, model, device: torch.device, dtype: torch.dtype) -> str:
+def resolve(choice: str | None, model, device: torch.device, dtype: torch.dtype,
+            ncnn_fits: Callable[[], bool] | None = None) -> str:
     """The backend a run of ``model`` on ``device`` in ``dtype`` uses. ncnn runs only our
-    networks, on the CPU, in fp32; asked for elsewhere, it is torch (with a warning)."""
+    networks, on the CPU, in fp32; asked for elsewhere, it is torch (with a warning). ``auto``
+    also keeps torch where ``ncnn_fits()`` says ncnn's larger working set would not fit."""
     wanted = requested(choice)
     if wanted == "torch":
         return "torch"
@@ -52,7 +54,11 @@ def resolve(choice: str | None, model, device: torch.device, dtype: torch.dtype)
         if wanted == "ncnn":
             log.warning("the ncnn backend cannot run this: %s; running on torch", why_not)
         return "torch"
-    return "ncnn" if wanted == "ncnn" else _faster(model)
+    if wanted == "ncnn":
+        return "ncnn"
+    if ncnn_fits is not None and not ncnn_fits():
+        return "torch"
+    return _faster(model)
 
 
 def _ncnn_unusable(model, device: torch.device, dtype: torch.dtype) -> str | None:

@@ -30,7 +30,6 @@ import torch
 from .ncnn_writer import GraphWriter
 from .windows import Window, for_each_window, windows
 
-
 NCNN_WINDOW_FACTOR = 16  # measured: a window's live ncnn memory (padded copies, Winograd tiles, packing) is ~12x its widest map
 
 
@@ -41,11 +40,12 @@ def ncnn_weight_bytes(net: torch.nn.Module) -> int:
 
 
 def available() -> bool:
+    """The ``ncnn`` package is installed and has what we use (older releases lack some)."""
     try:
-        import ncnn  # noqa: F401
+        import ncnn
     except ImportError:
         return False
-    return True
+    return hasattr(ncnn, "UnlockedPoolAllocator") and hasattr(ncnn.Net, "load_param_mem") and hasattr(ncnn.Net, "load_model_mem")
 
 
 class Stage:

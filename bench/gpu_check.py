@@ -220,7 +220,7 @@ class Checker:
             ours = self.models[name]
             theirs = spandrel.ModelLoader().load_from_state_dict(ours.network.state_dict())
             x = photo(side).movedim(-1, 1).to(self.device, dtype)
-            nchw_plan = dataclasses.replace(ours.plan_on(self.device), channels_last=False)
+            nchw_plan = dataclasses.replace(ours.our_architecture.plan_for(self.device), channels_last=False)
             variants = [("ours_nchw", ours, nchw_plan, torch.contiguous_format),
                         ("ours_default_plan", ours, None, torch.contiguous_format),
                         ("spandrel_cat_nchw", theirs, None, torch.contiguous_format),

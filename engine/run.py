@@ -98,7 +98,7 @@ def _upscale_once(images: torch.Tensor, model, choices: Choices, host: Host) -> 
     settings.check_output_fits(batch, target, channels, host.output_dtype, host.free_memory(out_device))
     passes = channel_passes(channels, model.input_channels)
     multiple = max(1, int(model.size_requirements.multiple_of))
-    backend = backends.resolve(choices.backend, model, device, dtype)
+    backend = backends.resolve(choices.backend, model, device, dtype, lambda: _ncnn_fits(model, device, host))
     ran = RunReport(precision=settings.dtype_name(dtype), device=str(device), backend=backend)
     try:
         if host.make_room is not None:
@@ -126,6 +126,14 @@ def _upscale_once(images: torch.Tensor, model, choices: Choices, host: Host) -> 
         raise
     model.to(host.offload_device)  # hand the device back
     return Upscaled(out, ran)
+
+
+def _ncnn_fits(model, device: torch.device, host: Host) -> bool:
+    """ncnn's fixed memory (its copy of the weights, a window per worker) takes at most half of
+    the tile budget: where memory is that tight, the torch plans' smaller windows win."""
+    with backends.using("ncnn"):
+        fixed = model.cost(device, 4).fixed
+    return fixed <= settings.tile_budget(device, host.free_memory(device)) / 2
 
 
 def _offload_quietly(model, device) -> None:

@@ -123,3 +123,19 @@ def test_bad_model_for_upscale_is_one_line(tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "z.png")
     done = cli("upscale", tmp_path / "z.png", "-o", tmp_path / "o", "--model", tmp_path / "missing.safetensors")
     assert done.returncode == 2 and "missing.safetensors" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_png_pixels_converted_in_bands_equal_the_whole_image_rounding(bit_depth):
+    from realesrgan_tiled.image_files import PNG_ROWS_PER_BAND, png_array
+
+    top = 65535 if bit_depth == 16 else 255
+    halves = ((torch.arange(top, dtype=torch.float64) + 0.5) / top).float()  # every rounding tie
+    values = torch.cat([halves, torch.nextafter(halves, torch.tensor(2.0)), torch.nextafter(halves, torch.tensor(-2.0)),
+                        torch.rand(3 * 200 * 40, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.1])
+    rows = 2 * PNG_ROWS_PER_BAND + 5  # more than one band, the last one partial
+    pixels = values[: rows * (values.numel() // rows // 3) * 3].reshape(rows, -1, 3)
+    for image in (pixels, pixels.movedim(-1, 0).contiguous().movedim(0, -1), pixels[..., :1]):  # strided, gray
+        whole = np.rint(image.clamp(0, 1).numpy().astype(np.float64) * top).astype(np.uint16 if bit_depth == 16 else np.uint8)
+        got = png_array(image, bit_depth)
+        assert got.dtype == whole.dtype and np.array_equal(got, whole)

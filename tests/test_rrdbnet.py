@@ -9,6 +9,7 @@ import torch
 from spandrel import ModelLoader
 
 from realesrgan_tiled.archs import RRDBNet, RRDBNetPlan
+from realesrgan_tiled.archs import backend as backends
 from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.loading import build_descriptor, load_model, model_info
 from realesrgan_tiled.ncnn_import import read_ncnn
@@ -258,14 +259,14 @@ def test_trunk_in_windows_equals_reference(block, num_feat, grow, blocks, unshuf
 def test_cpu_plan_walks_large_maps_in_windows(monkeypatch):
     """Above whole_map_max_pixels the CPU trunk runs window by window (the speed and memory
     figures in README depend on it), below it the whole-map path; the descriptor's own call
-    (what ComfyUI core's node runs) takes the device's plan."""
+    (what ComfyUI core's node runs) takes the device's plan (of the torch backend here)."""
     plan = RRDBNetPlan.for_device(torch.device("cpu"))
     calls = []
     real = RRDBNetPlan._trunk_in_windows
     monkeypatch.setattr(RRDBNetPlan, "_trunk_in_windows", lambda *a: calls.append(1) or real(*a))
     descriptor = build_descriptor(sniff(_net(4, num_feat=4, num_block=1, num_grow_ch=4).state_dict()))
     side = int(plan.whole_map_max_pixels**0.5)
-    with torch.inference_mode():
+    with torch.inference_mode(), backends.using("torch"):
         descriptor(torch.rand(1, 3, side, side))
         assert not calls
         descriptor(torch.rand(1, 3, side + 1, side))

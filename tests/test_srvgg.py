@@ -9,6 +9,7 @@ from spandrel import ModelLoader
 from spandrel.architectures import Compact as spandrel_compact
 
 from realesrgan_tiled.archs import SRVGGPlan
+from realesrgan_tiled.archs import backend as backends
 from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.errors import ModelLoadError
 from realesrgan_tiled.loading import build_descriptor, load_model, model_info
@@ -153,13 +154,14 @@ def test_window_plan_matches_spandrel(tmp_path, variant, block):
 
 
 def test_cpu_plan_walks_large_inputs_in_windows(monkeypatch, tmp_path):
-    """The descriptor's own call takes the device's plan: windows above its whole-map size."""
+    """The descriptor's own call takes the device's plan (of the torch backend here): windows
+    above its whole-map size."""
     descriptor = load_model(save(state("prelu-x2"), tmp_path / "m.safetensors"))
     calls = []
     real = SRVGGPlan._in_windows
     monkeypatch.setattr(SRVGGPlan, "_in_windows", lambda *a: calls.append(1) or real(*a))
     side = int(SRVGGPlan.for_device(torch.device("cpu")).whole_map_max_pixels**0.5)
-    with torch.no_grad():
+    with torch.no_grad(), backends.using("torch"):
         descriptor(torch.rand(1, 3, side, side))
         assert not calls
         descriptor(torch.rand(1, 3, side, side + 1))

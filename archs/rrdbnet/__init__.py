@@ -6,8 +6,8 @@ import torch
 
 from ..architecture import Cost, ModelSpec, OurArchitecture
 from .inference import RRDBNetPlan
-from .ncnn_plan import RRDBNetNcnnPlan, dense_block_probe
 from .keys import NAME, read_spec
+from .ncnn_plan import RRDBNetNcnnPlan, dense_block_probe
 from .network import RRDBNet
 
 

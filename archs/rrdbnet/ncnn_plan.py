@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ncnn_writer import GraphWriter
 from ..ncnn_runtime import NCNN_WINDOW_FACTOR, Stage, StageCache, into, ncnn_weight_bytes, run_in_windows
+from ..ncnn_writer import GraphWriter
 from ..windows import even_spans, worker_count
 from .inference import RDB_HALO, RRDBNetPlan
 from .network import ResidualDenseBlock, RRDBNet

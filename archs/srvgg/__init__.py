@@ -6,8 +6,8 @@ import torch
 
 from ..architecture import Cost, ModelSpec, OurArchitecture
 from .inference import SRVGGPlan
-from .ncnn_plan import SRVGGNcnnPlan
 from .keys import DEFAULT_ACT, NAME, read_spec
+from .ncnn_plan import SRVGGNcnnPlan
 from .network import ACT_TYPES, SRVGGNetCompact
 
 

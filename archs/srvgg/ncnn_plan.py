@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..ncnn_writer import GraphWriter
 from ..ncnn_runtime import NCNN_WINDOW_FACTOR, Stage, StageCache, ncnn_weight_bytes, run_in_windows
+from ..ncnn_writer import GraphWriter
 from ..windows import Window, even_spans, worker_count
 from .network import SRVGGNetCompact
 
