@@ -9,10 +9,10 @@ import copy
 import math
 
 import torch
-from spandrel import ImageModelDescriptor
 
 from .archs import OurModel
 from .errors import ModelLoadError
+from .spandrel_import import ImageModelDescriptor
 
 
 def network_of(descriptor: ImageModelDescriptor) -> torch.nn.Module:

@@ -12,13 +12,13 @@ import warnings
 from pathlib import Path
 
 import torch
-from spandrel import ImageModelDescriptor, ModelLoader
 
 from .archs import ARCHITECTURES, ModelSpec, OurModel
 from .archs.architecture import check_finite
 from .errors import ModelLoadError
 from .pickle_scan import is_whole_module, pickle_globals
 from .sniff import describe_contents, sniff, unwrap_state_dict
+from .spandrel_import import ImageModelDescriptor, ModelLoader
 from .torchscript import is_torchscript, read_torchscript
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-from spandrel import Architecture, ImageModelDescriptor, SizeRequirements
 
 from ..errors import ModelLoadError
+from ..spandrel_import import Architecture, ImageModelDescriptor, SizeRequirements
 from .backend import current as current_backend
 from .output_resize import OutputResize
 
