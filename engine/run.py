@@ -112,15 +112,18 @@ def _upscale_once(images: torch.Tensor, model, choices: Choices, host: Host) -> 
             run = _Run(model, host, device, dtype, scale, multiple, overlap, ran, tile_cap=tile)
             run.total_tiles = batch * len(passes) * count_tiles(height, width, tile, overlap, multiple)
             _report_progress(run)  # hosts show the bar before the first (possibly long) tile
-            out = torch.empty((batch, *target, channels), dtype=host.output_dtype, device=out_device)
             model_size = (height * scale, width * scale)
             # tiles accumulate straight into the result unless a resize or a dtype change follows
             direct = target == model_size and host.output_dtype == torch.float32 and out_device.type == "cpu"
-            for b in range(batch):
-                dest = out[b] if direct else torch.empty((*model_size, channels), dtype=torch.float32)
-                _upscale_image(run, images[b], passes, dest, tile)
-                if not direct:
-                    out[b] = resize_images(dest.unsqueeze(0), target, resample)[0].to(host.output_dtype)
+            if direct and run.total_tiles == 1 and passes[0].source == passes[0].dest:
+                out = _one_tile_result(run, images[0], passes[0], tile)
+            else:
+                out = torch.empty((batch, *target, channels), dtype=host.output_dtype, device=out_device)
+                for b in range(batch):
+                    dest = out[b] if direct else torch.empty((*model_size, channels), dtype=torch.float32)
+                    _upscale_image(run, images[b], passes, dest, tile)
+                    if not direct:
+                        out[b] = resize_images(dest.unsqueeze(0), target, resample)[0].to(host.output_dtype)
     except BaseException:
         _offload_quietly(model, host.offload_device)  # even on error or cancel, without hiding the error
         raise
@@ -165,6 +168,15 @@ def _tile_size(model, chosen: int | None, host: Host, device, dtype, image_hw, m
     return round_tile(chosen, multiple)
 
 
+def _one_tile_result(run: _Run, image_hwc: torch.Tensor, p: ChannelPass, tile: int) -> torch.Tensor:
+    """One image, one tile, all channels in one pass: the tile's output is the result, with no
+    second output-sized buffer to add it into (our plans write their output channels-last, so
+    its HWC view is already contiguous)."""
+    outputs = []
+    _tiled(run, gather(image_hwc.movedim(-1, 0), p.source), tile, lambda y0, x0, out: outputs.append(out), report=True)
+    return scatter(outputs[0], len(p.dest)).movedim(0, -1).contiguous().unsqueeze(0)
+
+
 def _upscale_image(run: _Run, image_hwc: torch.Tensor, passes: list[ChannelPass], dest: torch.Tensor, tile: int) -> None:
     dest.zero_()
     image_chw = image_hwc.movedim(-1, 0)
@@ -205,10 +217,10 @@ def _tiled(run: _Run, source: torch.Tensor, tile: int, emit, report: bool) -> No
         for col in cols:
             if run.host.check_cancel is not None:
                 run.host.check_cancel()
-            weight = row.weight[:, None] * col.weight[None, :]
-            whole = bool((weight == 1).all())  # e.g. the tile is the whole image: nothing to multiply
-            emit(row.start * s, col.start * s, _run_tile(run, source[:, row.start : row.end, col.start : col.end],
-                                                         None if whole else weight))
+            # e.g. the tile is the whole image: nothing to multiply (and no output-sized weight map)
+            whole = bool((row.weight == 1).all() and (col.weight == 1).all())
+            weight = None if whole else row.weight[:, None] * col.weight[None, :]
+            emit(row.start * s, col.start * s, _run_tile(run, source[:, row.start : row.end, col.start : col.end], weight))
             if report:
                 run.done_tiles += 1
                 _report_progress(run)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from realesrgan_tiled.archs import RRDBNet
+from realesrgan_tiled.archs import RRDBNet, SRVGGPlan
 from realesrgan_tiled.archs import backend as backends
 from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.engine.channels import channel_passes
+from realesrgan_tiled.engine.memory import peak_bytes
 from realesrgan_tiled.engine.tiles import MIN_TILE, axis_spans, tile_starts
 from realesrgan_tiled.errors import InputImageError
 from realesrgan_tiled.loading import build_descriptor, load_model
@@ -258,3 +259,18 @@ def test_outputs_come_home_whole_through_a_small_staging_buffer(numel, chunk):
     home = copy_through(src, staging, lambda: waits.append(1))
     assert torch.equal(home, src) and home.data_ptr() != src.data_ptr()
     assert len(waits) == -(-src.numel() // staging.numel())
+
+
+def test_one_tile_image_returns_the_networks_output_without_a_second_buffer(compact):
+    """One image, one tile: the tile's output (channels-last from our plans) is the result. The
+    same frame in a batch of two takes the accumulating path: equal values; and the one-tile run's
+    peak allocation stays under two output-sized buffers."""
+    model = descriptor_of(compact.model)
+    model.plan = SRVGGPlan(window=(32, 32), whole_map_max_pixels=0)  # torch windows: a small working set
+    frame = photo("astronaut", (96, 128))
+    alone = upscaled(model, frame, backend="torch")
+    pair = upscaled(model, torch.cat([frame, frame]), backend="torch")
+    assert alone.is_contiguous() and torch.equal(alone[0], pair[0])
+    output_bytes = alone.numel() * alone.element_size()
+    peak = peak_bytes(lambda: upscaled(model, frame, backend="torch"), torch.device("cpu"))
+    assert peak < 1.8 * output_bytes, f"peak {peak / output_bytes:.2f} x the output"  # two output buffers: >= 2x

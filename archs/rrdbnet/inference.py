@@ -141,7 +141,8 @@ class RRDBNetPlan:
         def one_window(win) -> None:
             part = net.tail(feat[:, :, win.source[0], win.source[1]])
             if not out:
-                out.append(torch.empty((n, part.shape[1], h * up, w * up), dtype=part.dtype, device=part.device))
+                out.append(torch.empty((n, part.shape[1], h * up, w * up), dtype=part.dtype, device=part.device,
+                                       memory_format=torch.channels_last))  # HWC: the engine's result as is
             (rows_in, cols_in), (src_rows, src_cols) = win.core, win.source
             top, left = (rows_in.start - src_rows.start) * up, (cols_in.start - src_cols.start) * up
             out[0][:, :, rows_in.start * up : rows_in.stop * up, cols_in.start * up : cols_in.stop * up] = part[

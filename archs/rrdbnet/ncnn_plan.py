@@ -32,7 +32,8 @@ class RRDBNetNcnnPlan:
         del body
         up = 2**net.num_upsample
         n, _, h, w = feat.shape
-        out = feat.new_empty((n, net.num_out_ch, h * up, w * up))
+        # channels-last: its HWC view is the engine's result as is
+        out = torch.empty((n, net.num_out_ch, h * up, w * up), memory_format=torch.channels_last)
         run_in_windows(tail, feat, self.tail_window, NCNN_TAIL_HALO, into(out, up), up, self.threads, release=True)
         return net.crop(out, x)
 

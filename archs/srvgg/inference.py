@@ -75,7 +75,9 @@ class SRVGGPlan:
             rows, cols = win.core
             part = net.add_base(t, x[:, :, rows, cols])
             if not out:
-                out.append(part.new_empty((n, part.shape[1], h * up, w * up)))
+                # channels-last: its HWC view is the engine's result as is
+                out.append(torch.empty((n, part.shape[1], h * up, w * up), dtype=part.dtype, device=part.device,
+                                       memory_format=torch.channels_last))
             out[0][:, :, rows.start * up : rows.stop * up, cols.start * up : cols.stop * up] = part
 
         # one window at a time, each conv on all threads: these windows are big enough to keep

@@ -25,7 +25,8 @@ class SRVGGNcnnPlan:
         x = x.float()
         n, _, h, w = x.shape
         up = net.upscale
-        out = x.new_empty((n, net.num_out_ch, h * up, w * up))
+        # channels-last: its HWC view is the engine's result as is
+        out = torch.empty((n, net.num_out_ch, h * up, w * up), memory_format=torch.channels_last)
 
         def place(i: int, win: Window, result: torch.Tensor) -> None:
             rows, cols = win.core
