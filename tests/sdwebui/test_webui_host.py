@@ -180,4 +180,5 @@ def test_health_reports_host_and_versions(server, host):
     assert health["device"] == "cpu" and health["precision"]["setting"] == "auto"
     assert health["precision"]["asked"] == ("fp32" if host.name == "a1111" else "auto")  # A1111 runs with --no-half
     assert health["last_run"]["precision"] == "fp32"  # auto on a CPU
+    assert health["last_run"]["backend"] in ("torch", "ncnn")  # the measured auto choice on a CPU
     assert {m["name"] for m in health["models"]} >= {f"{n} (tiled)" for n in BUNDLED_SCALES}
