@@ -145,10 +145,19 @@ class StageCache:
         self._lock = threading.Lock()
 
     def get(self, net: torch.nn.Module):
-        key = tuple((p.data_ptr(), p._version) for p in net.parameters())
+        key = tuple((p.data_ptr(), _version(p)) for p in net.parameters())
         with self._lock:
             held = self._built.get(net)
             if held is None or held[0] != key:
                 held = (key, self._build(net))
                 self._built[net] = held
             return held[1]
+
+
+def _version(p: torch.Tensor):
+    """Changes when ``p`` is written in place. Tensors made under ``torch.inference_mode`` (ComfyUI
+    loads models that way) have no version counter: a sample of their values stands in."""
+    if not p.is_inference():
+        return p._version
+    flat = p.detach().reshape(-1)
+    return tuple(flat[:: max(1, flat.numel() // 64)].tolist())

@@ -134,6 +134,21 @@ def test_stages_follow_weights_changed_in_place():
     assert (after - before).abs().max() > 0.1
 
 
+def test_models_made_under_inference_mode_run_and_follow_in_place_writes():
+    """ComfyUI loads and runs models under torch.inference_mode: their weights are inference
+    tensors, which have no version counter."""
+    sd = srvgg_state(num_feat=8, num_conv=2)
+    x = image(20, 20)
+    with torch.inference_mode():
+        model = build_from_state_dict({k: v.clone() for k, v in sd.items()})
+        before = SRVGGNcnnPlan(window=16).run(model.network, x)
+        assert (before - model.network(x)).abs().max() <= TOLERANCE
+        model.network.body[-1].bias.add_(0.5)
+        after = SRVGGNcnnPlan(window=16).run(model.network, x)
+        assert (after - model.network(x)).abs().max() <= TOLERANCE
+    assert (after - before).abs().max() > 0.1
+
+
 def test_cancel_and_progress_within_one_tile_on_ncnn():
     sd = rrdbnet_state(num_feat=16, num_block=2)
     model = build_from_state_dict(sd)
