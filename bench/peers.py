@@ -1,0 +1,444 @@
+"""CPU peer engines on the same weights and the same photo as our engine, for a side-by-side table.
+
+    .venv/bin/python bench/peers.py --model RealESRGAN_x4plus --size 256x192 --threads 2
+    .venv/bin/python bench/peers.py --model realesr-animevideov3-x4 --size 768x512 --threads 2
+
+Peers (whole image, no tiling, fp32 throughout, ``threads`` threads):
+
+* ``ncnn-winograd``: the ncnn runtime (PyPI ``ncnn``) on the bundled .param/.bin, Vulkan off,
+  fp16/bf16 storage, packing and arithmetic off, Winograd convolution on, openmp_blocktime 0;
+* ``ncnn-direct``: the same with Winograd off (sgemm convolution left at ncnn's default);
+* ``openvino``: ``openvino.convert_model`` of our torch network (saved as IR with fp32 weights),
+  compiled for CPU with INFERENCE_NUM_THREADS and INFERENCE_PRECISION_HINT f32, one stream;
+* ``onnxruntime``: ``torch.onnx.export`` of our torch network, CPUExecutionProvider,
+  intra_op_num_threads, every graph optimization.
+
+Every peer runs in its own subprocess that imports only its runtime and numpy (no torch), so
+its peak RSS and its threads are its own; peers run one after another, never in parallel.
+Conversion and export are done beforehand by the parent and are not timed, as our engine's
+row does not time loading the model. Each peer process times ``repeats`` inferences: the first
+(``first_seconds``, comparable with our engine's row, which has no warm-up) and the best
+(``best_seconds``). Its output is compared with our fp32 reference (``m.model`` under
+torch.inference_mode on the same input); a row counts only if the max abs difference is at
+most 1e-4. A peer whose package is not installed is skipped with a note naming it.
+
+``peer_rows`` is what bench.py calls; ``photo`` is bench.py's photo as [1, 3, H, W].
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TOLERANCE = 1e-4
+
+# name -> (import name, pip package) needed in the parent (conversion) and the child (runtime)
+PEERS: dict[str, dict] = {
+    "ncnn-winograd": {"packages": [("ncnn", "ncnn")], "winograd": True},
+    "ncnn-direct": {"packages": [("ncnn", "ncnn")], "winograd": False},
+    "openvino": {"packages": [("openvino", "openvino")]},
+    # the torch 2.x exporter (dynamo=True) writes through onnxscript, which needs onnx
+    "onnxruntime": {"packages": [("onnxruntime", "onnxruntime"), ("onnx", "onnx"), ("onnxscript", "onnxscript")]},
+}
+
+
+def missing_packages(name: str) -> list[str]:
+    """The pip packages that ``name`` needs and this environment lacks."""
+    return [pip for module, pip in PEERS[name]["packages"] if importlib.util.find_spec(module) is None]
+
+
+# ---- inputs ---------------------------------------------------------------------------------
+
+def _bench_module():
+    """bench/bench.py, loaded by path (it is a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("realesrgan_tiled_bench", ROOT / "bench" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def photo(width: int, height: int) -> np.ndarray:
+    """The photo bench.py uses at this size (its ``real_photo``), as float32 [1, 3, H, W] in 0..1."""
+    images = _bench_module().real_photo(height, width)  # [1, H, W, 3]
+    return np.ascontiguousarray(images.numpy().transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def as_nchw(image) -> np.ndarray:
+    """float32 [1, 3, H, W] in 0..1 from an image file path, an H x W x 3 array (uint8, or float in
+    0..1), or a [1, H, W, 3] (ComfyUI IMAGE) / [1, 3, H, W] array or tensor."""
+    if isinstance(image, (str, os.PathLike)):
+        from PIL import Image
+
+        with Image.open(image) as im:
+            image = np.asarray(im.convert("RGB"))
+    if hasattr(image, "detach"):  # a torch tensor
+        image = image.detach().cpu().numpy()
+    arr = np.asarray(image)
+    if arr.dtype == np.uint8:
+        arr = arr.astype(np.float32) / 255
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or (arr.shape[1] != 3 and arr.shape[3] != 3) or arr.shape[0] != 1:
+        raise ValueError(f"expected one RGB image, got an array of shape {arr.shape}")
+    if arr.shape[1] != 3:
+        arr = arr.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+# ---- the parent's side: reference and conversions (not timed) --------------------------------
+
+def reference_output(model, x: np.ndarray, threads: int) -> np.ndarray:
+    """Our fp32 reference: the torch network on the whole image."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            return model.float().eval()(torch.from_numpy(x)).numpy()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _export_onnx(model, x: np.ndarray, path: Path) -> None:
+    import contextlib
+    import io
+
+    import torch
+
+    # the exporter prints its progress; keep stdout for the table
+    with torch.inference_mode(False), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(model.float().eval(), (torch.from_numpy(x),), str(path), input_names=["input"],
+                          output_names=["output"], dynamo=True, external_data=False, verbose=False)
+
+
+def _convert_openvino(model, x: np.ndarray, path: Path) -> None:
+    import warnings
+
+    import openvino as ov
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        converted = ov.convert_model(model.float().eval(), example_input=torch.from_numpy(x))
+    converted.reshape({converted.inputs[0]: list(x.shape)})  # static shape, as the ONNX export is
+    ov.save_model(converted, str(path), compress_to_fp16=False)  # the default would store fp16 weights
+
+
+def _prepare(name: str, model_name: str, network, x: np.ndarray, workdir: Path) -> str:
+    """The file the peer's process loads."""
+    if name.startswith("ncnn"):
+        from realesrgan_tiled.bundled_models import bundled_model_path
+
+        return str(bundled_model_path(model_name))
+    if name == "openvino":
+        path = workdir / "model.xml"
+        if not path.exists():
+            _convert_openvino(network, x, path)
+        return str(path)
+    if name == "onnxruntime":
+        path = workdir / "model.onnx"
+        if not path.exists():
+            _export_onnx(network, x, path)
+        return str(path)
+    raise ValueError(f"no peer named {name!r}; choose from {', '.join(PEERS)}")
+
+
+# ---- the child's side: load, then time the inferences (numpy + the runtime only) -------------
+
+def blob_names(param: Path) -> tuple[str, str]:
+    """(input blob, output blob) of a text .param: the Input layer's blob, and the one blob
+    that is produced but never read (as tests/ncnn_fixtures.blob_names)."""
+    produced, consumed, data = [], set(), None
+    for line in Path(param).read_text().splitlines()[2:]:
+        tok = line.split()
+        if not tok:
+            continue
+        n_in, n_out = int(tok[2]), int(tok[3])
+        bottoms, tops = tok[4:4 + n_in], tok[4 + n_in:4 + n_in + n_out]
+        if tok[0] == "Input":
+            data = tops[0]
+        consumed.update(bottoms)
+        produced.extend(tops)
+    outputs = [b for b in produced if b not in consumed]
+    if data is None or len(outputs) != 1:
+        raise ValueError(f"{param}: cannot tell the input and output blobs ({data}, {outputs})")
+    return data, outputs[0]
+
+
+def _ncnn_runner(path: str, threads: int, winograd: bool):
+    import ncnn
+
+    data, output = blob_names(Path(path))
+    net = ncnn.Net()
+    opt = net.opt
+    opt.use_vulkan_compute = False
+    opt.num_threads = threads
+    opt.openmp_blocktime = 0
+    for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic",
+                 "use_bf16_storage", "use_bf16_packed", "use_bf16_arithmetic"):
+        if hasattr(opt, flag):
+            setattr(opt, flag, False)
+    opt.use_winograd_convolution = winograd
+    if net.load_param(path) != 0 or net.load_model(str(Path(path).with_suffix(".bin"))) != 0:
+        raise RuntimeError(f"ncnn could not load {path}")
+
+    def infer(x: np.ndarray) -> np.ndarray:
+        ex = net.create_extractor()  # a fresh extractor per run: one keeps the blobs it computed
+        if ex.input(data, ncnn.Mat(np.ascontiguousarray(x[0]))) != 0:
+            raise RuntimeError("ncnn rejected the input")
+        ret, out = ex.extract(output)
+        if ret != 0:
+            raise RuntimeError(f"ncnn extract failed ({ret})")
+        return np.array(out, copy=True)[None]
+
+    return infer, f"ncnn {ncnn.__version__}, winograd {'on' if winograd else 'off'}"
+
+
+def _openvino_runner(path: str, threads: int):
+    import openvino as ov
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(path), "CPU", {
+        props.inference_num_threads: threads,
+        hints.inference_precision: ov.Type.f32,
+        hints.performance_mode: hints.PerformanceMode.LATENCY,
+        props.num_streams: 1,
+    })
+    precision = compiled.get_property(hints.inference_precision())
+    precision = precision.get_type_name() if hasattr(precision, "get_type_name") else str(precision)
+    request = compiled.create_infer_request()
+    output = compiled.output(0)
+
+    def infer(x: np.ndarray) -> np.ndarray:
+        return np.array(request.infer({0: x})[output], copy=True)
+
+    return infer, f"openvino {ov.__version__.split('-')[0]}, inference precision {precision}"
+
+
+def _onnxruntime_runner(path: str, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def infer(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: x})[0]
+
+    return infer, f"onnxruntime {ort.__version__}, CPUExecutionProvider, ORT_ENABLE_ALL"
+
+
+def _rss_now() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss() -> int:
+    """This process's peak RSS: VmHWM, which starts afresh at exec. (ru_maxrss does not: after
+    fork + exec it still holds the parent's RSS at the fork, so a child spawned by a big
+    parent would report at least the parent's size.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def child_run(name: str, path: str, input_path: str, output_path: str, threads: int, repeats: int) -> dict:
+    """One peer in this process: load, then ``repeats`` timed inferences; writes the first output."""
+    x = np.load(input_path)
+    if name.startswith("ncnn"):
+        infer, detail = _ncnn_runner(path, threads, PEERS[name]["winograd"])
+    elif name == "openvino":
+        infer, detail = _openvino_runner(path, threads)
+    else:
+        infer, detail = _onnxruntime_runner(path, threads)
+    baseline = _rss_now()
+    runs = []
+    for i in range(max(1, repeats)):
+        t = time.perf_counter()
+        out = infer(x)
+        runs.append(time.perf_counter() - t)
+        if i == 0:
+            np.save(output_path, np.ascontiguousarray(out, dtype=np.float32))
+        del out
+    return {"runs": runs, "peak_rss_bytes": _peak_rss(),
+            "baseline_rss_bytes": baseline, "detail": f"{detail}, {threads} threads, fp32"}
+
+
+# ---- rows -----------------------------------------------------------------------------------
+
+def _row(name, **fields) -> dict:
+    row = {"name": name, "seconds": None, "first_seconds": None, "best_seconds": None, "runs": [],
+           "peak_rss_bytes": None, "baseline_rss_bytes": None, "max_abs_diff": None, "skipped_reason": None,
+           "detail": ""}
+    row.update(fields)
+    return row
+
+
+def judge(row: dict, max_abs_diff: float, tolerance: float = TOLERANCE) -> dict:
+    """Record the difference against the reference; a row over the tolerance does not count."""
+    row["max_abs_diff"] = max_abs_diff
+    if not max_abs_diff <= tolerance:  # NaN fails too
+        row["skipped_reason"] = f"output differs from our fp32 reference by {max_abs_diff:.2e} > {tolerance:g}"
+    return row
+
+
+def _run_child(name, path, workdir: Path, threads, repeats, timeout) -> dict:
+    out_path = workdir / f"{name}-out.npy"
+    args = [name, path, str(workdir / "input.npy"), str(out_path), threads, repeats]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(args)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise RuntimeError(f"its process failed: {tail}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["output"] = np.load(out_path)
+    out_path.unlink()
+    return result
+
+
+def peer_rows(model_name: str, image, threads: int = 2, repeats: int = 3, peers=None, rounds: int = 1,
+              timeout: float = 3600) -> list[dict]:
+    """Time each peer on the bundled model ``model_name`` and ``image`` (see ``as_nchw``).
+
+    Each row: name, seconds (= first_seconds: the first inference in a fresh process, as our
+    engine's row), first_seconds, best_seconds (best of ``repeats`` in that process), runs,
+    peak_rss_bytes (the peer's whole process), baseline_rss_bytes (after loading, before the
+    first inference), max_abs_diff (against our fp32 torch output), skipped_reason (None when
+    the row counts), detail. With ``rounds`` > 1 the peers alternate and each keeps its round
+    with the fastest first run (best_seconds is the best over all rounds)."""
+    names = list(PEERS) if peers is None else list(peers)
+    for name in names:
+        if name not in PEERS:
+            raise ValueError(f"no peer named {name!r}; choose from {', '.join(PEERS)}")
+    rows = {name: _row(name) for name in names}
+    runnable = []
+    for name in names:
+        lacking = missing_packages(name)
+        if lacking:
+            rows[name]["skipped_reason"] = f"not installed: pip install {' '.join(lacking)}"
+        else:
+            runnable.append(name)
+    if not runnable:
+        return [rows[n] for n in names]
+
+    from realesrgan_tiled.bundled_models import bundled_model_path
+    from realesrgan_tiled.loading import load_model
+
+    network = load_model(bundled_model_path(model_name)).model
+    x = as_nchw(image)
+    reference = reference_output(network, x, threads)
+    best: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
+        workdir = Path(tmp)
+        np.save(workdir / "input.npy", x)
+        paths = {}
+        for name in runnable:
+            try:
+                paths[name] = _prepare(name, model_name, network, x, workdir)
+            except Exception as e:  # a converter that cannot take the network: say so, go on
+                rows[name]["skipped_reason"] = f"conversion failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        for _ in range(max(1, rounds)):
+            for name in runnable:  # one at a time: the machine's cores are the peer's alone
+                if name not in paths:
+                    continue
+                try:
+                    result = _run_child(name, paths[name], workdir, threads, repeats, timeout)
+                except Exception as e:
+                    rows[name]["skipped_reason"] = f"run failed: {e}"[:300]
+                    paths.pop(name)
+                    continue
+                out = result.pop("output")
+                diff = float(np.abs(out.astype(np.float64) - reference).max()) if out.shape == reference.shape else float("nan")
+                runs = result["runs"]
+                row = judge(_row(name, seconds=runs[0], first_seconds=runs[0], best_seconds=min(runs), **result), diff)
+                if out.shape != reference.shape:
+                    row["skipped_reason"] = f"output shape {out.shape} != reference {reference.shape}"
+                kept = best.get(name)
+                overall_best = min(row["best_seconds"], kept["best_seconds"]) if kept else row["best_seconds"]
+                if kept is None or row["first_seconds"] < kept["first_seconds"]:
+                    best[name] = row
+                best[name]["best_seconds"] = overall_best
+    for name, row in best.items():
+        rows[name] = row
+    return [rows[n] for n in names]
+
+
+# ---- the table ------------------------------------------------------------------------------
+
+def _ours_row(model_name, width, height) -> dict:
+    """Our engine's row from bench.py, in its own process (bench.py's --row)."""
+    cmd = [sys.executable, str(ROOT / "bench" / "bench.py"), "--row", json.dumps([model_name, "ours", height, width, 1])]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def format_table(model_name: str, width: int, height: int, rows: list[dict], ours: dict | None = None) -> str:
+    mib = 2**20
+    lines = [f"| {model_name} ({width}x{height} photo) | first run s | best run s | peak RSS | max abs diff | note |",
+             "|---|---|---|---|---|---|"]
+    if ours is not None:
+        lines.append(f"| ours (engine) | {ours['seconds']:.2f} | - | {ours['peak_rss'] / mib:.0f} MiB | reference | "
+                     f"{ours.get('detail', '')} |")
+    for r in rows:
+        if r["first_seconds"] is None:
+            lines.append(f"| {r['name']} | - | - | - | - | skipped: {r['skipped_reason']} |")
+            continue
+        note = r["detail"] + (f"; DOES NOT COUNT: {r['skipped_reason']}" if r["skipped_reason"] else "")
+        lines.append(f"| {r['name']} | {r['first_seconds']:.2f} | {r['best_seconds']:.2f} | "
+                     f"{r['peak_rss_bytes'] / mib:.0f} MiB | {r['max_abs_diff']:.1e} | {note} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="RealESRGAN_x4plus")
+    parser.add_argument("--size", default="256x192", help="WxH crop of bench.py's photo (default 256x192)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="inferences per peer process (first and best reported)")
+    parser.add_argument("--rounds", type=int, default=1, help="processes per peer, alternating; the fastest kept")
+    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ", ".join(PEERS))
+    parser.add_argument("--with-ours", action="store_true", help="add our engine's row (bench.py --row, default threads)")
+    parser.add_argument("--json", help="also write the rows here")
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child_run(*json.loads(args.child))))
+        return
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    rows = peer_rows(args.model, photo(width, height), args.threads, args.repeats,
+                     [p for p in args.peers.split(",") if p], args.rounds)
+    ours = _ours_row(args.model, width, height) if args.with_ours else None
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, {args.threads} threads, "
+          f"{args.repeats} inferences per process (first run: fresh process, no warm-up), {args.rounds} round(s)")
+    print(format_table(args.model, width, height, rows, ours))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": args.model, "size": args.size, "threads": args.threads,
+                                               "rows": rows, "ours": ours}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
