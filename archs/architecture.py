@@ -101,6 +101,10 @@ class OurArchitecture(Architecture):
             return self.ncnn_plan_class()
         return self.plan_class.for_device(device)
 
+    def torch_plan_walks_windows(self, net: torch.nn.Module, pixels: int) -> bool:
+        """Whether the CPU torch plan runs an input of ``pixels`` in windows (else it runs whole)."""
+        raise NotImplementedError
+
     def probe_key(self, net: torch.nn.Module) -> tuple:
         """What decides the backends' relative speed (``speed_probe`` is measured once per key)."""
         raise NotImplementedError

@@ -41,11 +41,13 @@ def requested(choice: str | None) -> str:
     return value
 
 
-def resolve(choice: str | None, model, device: torch.device, dtype: torch.dtype,
+def resolve(choice: str | None, model, device: torch.device, dtype: torch.dtype, pixels: int | None = None,
             ncnn_fits: Callable[[], bool] | None = None) -> str:
     """The backend a run of ``model`` on ``device`` in ``dtype`` uses. ncnn runs only our
     networks, on the CPU, in fp32; asked for elsewhere, it is torch (with a warning). ``auto``
-    also keeps torch where ``ncnn_fits()`` says ncnn's larger working set would not fit."""
+    keeps torch for inputs of ``pixels`` that its plans run whole (no window halo to pay: there
+    the probe's comparison does not hold, and ncnn measured slower), and where ``ncnn_fits()``
+    says ncnn's larger working set would not fit."""
     wanted = requested(choice)
     if wanted == "torch":
         return "torch"
@@ -56,6 +58,8 @@ def resolve(choice: str | None, model, device: torch.device, dtype: torch.dtype,
         return "torch"
     if wanted == "ncnn":
         return "ncnn"
+    if pixels is not None and not model.our_architecture.torch_plan_walks_windows(model.network, pixels):
+        return "torch"
     if ncnn_fits is not None and not ncnn_fits():
         return "torch"
     return _faster(model)
@@ -89,11 +93,13 @@ def current(model, x_or_device) -> str:
     chosen = _chosen.get()
     if chosen is not None:
         return chosen
-    device = x_or_device.device if isinstance(x_or_device, torch.Tensor) else x_or_device
-    dtype = x_or_device.dtype if isinstance(x_or_device, torch.Tensor) else torch.float32
+    is_tensor = isinstance(x_or_device, torch.Tensor)
+    device = x_or_device.device if is_tensor else x_or_device
+    dtype = x_or_device.dtype if is_tensor else torch.float32
     if torch.is_autocast_enabled("cpu"):
         dtype = torch.get_autocast_dtype("cpu")
-    return resolve(None, model, torch.device(device), dtype)
+    pixels = x_or_device.shape[-2] * x_or_device.shape[-1] if is_tensor else None
+    return resolve(None, model, torch.device(device), dtype, pixels)
 
 
 def _faster(model) -> str:

@@ -1,12 +1,17 @@
-"""Side-by-side benchmark: our engine vs ComfyUI core's path, same weights, same photo, one run.
+"""Side-by-side CPU benchmark: our engine (each backend) vs ComfyUI core's path vs the other CPU
+engines (bench/peers.py: ncnn with and without Winograd, OpenVINO, ONNX Runtime), same weights,
+same photo, alternating, in one command.
 
-    .venv/bin/python bench/bench.py            # CPU table (x4plus, animevideov3, 16-frame RSS)
-    .venv/bin/python bench/bench.py --quick    # smaller photo, for a smoke check
+    .venv/bin/python bench/bench.py            # x4plus 256x192, animevideov3 768x512, CLI peak RSS at 1024^2, 16 frames
+    .venv/bin/python bench/bench.py --quick    # small photos, one round: a smoke check
 
 "Core's path" is spandrel's own network (loaded from the same converted state dict) driven
 by ComfyUI's ``comfy.utils.tiled_scale`` (tile 512, overlap 32, fp32) when COMFYUI_DIR is
 set, else by ``core_tiled_scale`` below, a restatement of that algorithm. Every row runs in
-its own subprocess so its peak RSS is its own. Not a test: figures go into README.
+its own fresh process (its time is that process's first upscale, its peak RSS its own), and
+the sides alternate round by round, each keeping its fastest round. Peers that are not
+installed are skipped with a note (pip install openvino onnxruntime onnx onnxscript).
+Not a test: figures go into README.
 """
 from __future__ import annotations
 
@@ -14,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -134,19 +138,26 @@ def current_rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_row(model_name, who, height, width, frames):
+def peak_rss() -> int:
+    """This process's resident high-water mark (VmHWM starts afresh at exec; ru_maxrss carries
+    the forking parent's size over)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def run_row(model_name, who, height, width, frames, backend=None, output=None):
     images = real_photo(height, width, frames)
     ours = load(model_name)
     fpp = flops_per_pixel(ours)
     baseline = current_rss()  # torch runtime, libraries, model and input, before any upscaling
     if who == "ours":
-        from realesrgan_tiled.engine import upscale
+        from realesrgan_tiled.engine import Choices, upscale
 
         t = time.perf_counter()
-        result = upscale(images, ours)
+        result = upscale(images, ours, Choices(backend=backend))
         seconds = time.perf_counter() - t
         out, ran = result.images, result.ran
-        detail = f"tile {ran.tile_size} overlap {ran.overlap} {ran.precision}"
+        detail = f"{ran.backend}, tile {ran.tile_size} overlap {ran.overlap} {ran.precision}"
     else:
         core, detail = _core_scaler()
         model = spandrel_twin(ours)
@@ -156,7 +167,9 @@ def run_row(model_name, who, height, width, frames):
             out = torch.cat([core(x[i : i + 1], lambda a: model(a), model.scale) for i in range(len(x))])
             out = out.clamp(0, 1).movedim(1, -1)
         seconds = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss = peak_rss()
+    if output is not None:
+        np.save(output, out[0].movedim(-1, 0).unsqueeze(0).float().numpy())
     pixels = frames * height * width
     return {
         "model": model_name, "who": who, "size": f"{frames}x{width}x{height}", "seconds": seconds,
@@ -167,7 +180,8 @@ def run_row(model_name, who, height, width, frames):
 
 
 def torch_import_rss() -> int:
-    code = "import resource, torch; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+    code = ("import torch\nwith open('/proc/self/status') as f:\n"
+            "    print(next(int(l.split()[1]) * 1024 for l in f if l.startswith('VmHWM:')))")
     return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
@@ -177,49 +191,172 @@ def _subprocess_row(*args):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# ---- peak RSS of the whole CLI job: ours vs core's path, file in, PNG out -------------------
+
+CLI_WITH_PEAK = """
+import atexit, runpy, sys
+def report():
+    with open("/proc/self/status") as f:
+        print("PEAK_RSS", next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:")), file=sys.stderr)
+atexit.register(report)
+sys.argv = ["realesrgan_tiled", *sys.argv[1:]]
+runpy.run_module("realesrgan_tiled", run_name="__main__")
+"""
+
+
+def core_file_job(model_name, source, target):
+    """ComfyUI core's path for one file: LoadImage (PIL -> float32), Load Upscale Model (spandrel),
+    Upscale Image (using Model) (tiled_scale 512/32, fp32), SaveImage (x255, clip, uint8, PNG)."""
+    from PIL import Image
+
+    core, _ = _core_scaler()
+    model = spandrel_twin(load(model_name))
+    image = torch.from_numpy(np.array(Image.open(source).convert("RGB")).astype(np.float32) / 255.0)[None]
+    with torch.inference_mode():
+        s = core(image.movedim(-1, -3), lambda a: model(a), model.scale)
+        s = torch.clamp(s.movedim(-3, -1), min=0, max=1.0)
+    for i in s:
+        Image.fromarray(np.clip(255.0 * i.cpu().numpy(), 0, 255).astype(np.uint8)).save(target, compress_level=4)
+    print(json.dumps({"peak_rss": peak_rss()}))
+
+
+def cli_peak_rss(who, model_name, source, workdir):
+    """(peak RSS, seconds) of one whole job in its own process."""
+    if who == "ours":
+        cmd = [sys.executable, "-c", CLI_WITH_PEAK, "upscale", str(source), "-o", str(workdir), "--model", model_name, "--quiet"]
+    else:
+        cmd = [sys.executable, __file__, "--core-file", json.dumps([model_name, str(source), str(workdir / "core.png")])]
+    t = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    seconds = time.perf_counter() - t
+    if who == "ours":
+        return int(done.stderr.rsplit("PEAK_RSS", 1)[1].split()[0]), seconds
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_rss"], seconds
+
+
+def rss_rows(model_name, side, rounds):
+    import tempfile
+
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp:
+        workdir = Path(tmp)
+        source = workdir / "photo.png"
+        Image.fromarray((real_photo(side, side)[0].numpy() * 255).round().astype(np.uint8)).save(source)
+        best = {}
+        for _ in range(rounds):
+            for who in ("core", "ours"):
+                rss, seconds = cli_peak_rss(who, model_name, source, workdir)
+                best[who] = min(best.get(who, (rss, seconds)), (rss, seconds))
+        return best
+
+
+# ---- the side-by-side table ------------------------------------------------------------------
+
+SIDES = ("core", "ours", "ours-torch")  # then the peers
+
+
+def side_row(side, model_name, h, w, output):
+    if side == "core":
+        return _subprocess_row(model_name, "core", h, w, 1, None, output)
+    backend = "torch" if side == "ours-torch" else None
+    return _subprocess_row(model_name, "ours", h, w, 1, backend, output)
+
+
+def compare_rows(model_name, h, w, rounds, threads, peer_names):
+    """Every side of one model on one photo, alternating for ``rounds``; each keeps its fastest."""
+    import tempfile
+
+    import peers
+
+    photo = real_photo(h, w)
+    best = {}
+    with peers.Peers(model_name, photo, threads, repeats=1, peers=peer_names) as prepared, \
+            tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        reference = np.clip(prepared.reference, 0, 1) if hasattr(prepared, "reference") else None
+        for n in range(rounds):
+            order = [*SIDES, *prepared.names]
+            for side in order if n % 2 == 0 else order[::-1]:
+                if side in SIDES:
+                    output = Path(tmp) / f"{side}.npy"
+                    row = side_row(side, model_name, h, w, str(output))
+                    if reference is not None:
+                        row["max_abs_diff"] = float(np.abs(np.load(output).astype(np.float64) - reference).max())
+                    if side not in best or row["seconds"] < best[side]["seconds"]:
+                        best[side] = row
+                else:
+                    best[side] = peers.keep_best(best.get(side), prepared.row(side))
+    return best
+
+
+def print_compare(model_name, w, h, best, rounds):
+    ours = best["ours"]["seconds"]
+    gib = 2**30
+    print(f"\n| {model_name}, {w}x{h} photo | s (fastest of {rounds}) | ours' speed-up over it | peak RSS "
+          "| max abs diff vs fp32 whole-image | what ran |")
+    print("|---|---|---|---|---|---|")
+    for side, row in best.items():
+        if side in SIDES:
+            label = {"core": "ComfyUI core's path", "ours": "ours (auto)", "ours-torch": "ours, --backend torch"}[side]
+            print(f"| {label} | {row['seconds']:.2f} | {row['seconds'] / ours:.2f}x | {row['peak_rss'] / gib:.2f} GiB | "
+                  f"{row.get('max_abs_diff', float('nan')):.1e} | {row['detail']} |")
+        elif row.get("first_seconds") is None:
+            print(f"| {side} | - | - | - | - | skipped: {row['skipped_reason']} |")
+        else:
+            note = row["detail"] + (f"; DOES NOT COUNT: {row['skipped_reason']}" if row["skipped_reason"] else "")
+            print(f"| {side} | {row['first_seconds']:.2f} | {row['first_seconds'] / ours:.2f}x | "
+                  f"{row['peak_rss_bytes'] / gib:.2f} GiB | {row['max_abs_diff']:.1e} | {note} |")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--row", help=argparse.SUPPRESS)
-    parser.add_argument("--quick", action="store_true", help="small photo, one repeat")
+    parser.add_argument("--core-file", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="small photos, one round")
+    parser.add_argument("--rounds", type=int, help="alternating rounds per side (default 3; --quick: 1)")
+    parser.add_argument("--peers", default="ncnn-winograd,openvino,onnxruntime,ncnn-direct",
+                        help="comma-separated peers (bench/peers.py), or '' for none")
     args = parser.parse_args()
     if args.row:
         print(json.dumps(run_row(*json.loads(args.row))))
         return
-    h, w = (128, 192) if args.quick else (512, 768)
+    if args.core_file:
+        core_file_job(*json.loads(args.core_file))
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    rounds = args.rounds or (1 if args.quick else 3)
+    threads = torch.get_num_threads()
+    peer_names = [p for p in args.peers.split(",") if p]
+    sizes = {"RealESRGAN_x4plus": (64, 96) if args.quick else (192, 256),
+             "realesr-animevideov3-x4": (128, 192) if args.quick else (512, 768)}
     peak_before = gemm_peak_gflops()
-    rows = []
-    for model_name, repeats in (("RealESRGAN_x4plus", 1 if args.quick else 2), ("realesr-animevideov3-x4", 3)):
-        # alternate the two sides and keep each one's best run: this machine is shared and noisy
-        runs = {"core": [], "ours": []}
-        for _ in range(repeats):
-            for who in ("core", "ours"):
-                runs[who].append(_subprocess_row(model_name, who, h, w, 1))
-        rows.append({who: min(r, key=lambda row: row["seconds"]) for who, r in runs.items()})
-    # 16 x 512^2 with x4plus is ~150 TFLOP (25 min here); the memory question is the same with
-    # the x4 animevideov3 network, so that row uses it
+    tables = {name: compare_rows(name, h, w, rounds, threads, peer_names) for name, (h, w) in sizes.items()}
+    rss_side = 256 if args.quick else 1024
+    rss = rss_rows("realesr-animevideov3-x4", rss_side, 1 if args.quick else 2)
     batch_model = "realesr-animevideov3-x4"
     frames = _subprocess_row(batch_model, "ours", 128 if args.quick else 512, 128 if args.quick else 512, 16)
     # the peak is measured before and after the rows and the higher one kept: on a shared
     # machine a single measurement can land in a slow moment and flatter the % column
     peak = max(peak_before, gemm_peak_gflops())
+    _, core_detail = _core_scaler()
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; fp32 GEMM peak {peak:.1f} GFLOP/s (torch.mm 2048^2, the higher of "
-          f"a measurement before and one after the rows)")
-
-    print(f"\n| model ({w}x{h} photo) | core's path s ({rows[0]['core']['detail']}) | ours s | speed-up | ours Mpx/s "
-          "| ours GFLOP/s | % of GEMM peak | core RSS | ours RSS | ours tiles |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for pair in rows:
-        c, o = pair["core"], pair["ours"]
-        print(f"| {o['model']} | {c['seconds']:.1f} | {o['seconds']:.1f} | {c['seconds'] / o['seconds']:.2f}x | "
-              f"{o['px_per_s'] / 1e6:.4f} | {o['gflops']:.1f} | {100 * o['gflops'] / peak:.0f}% | "
-              f"{c['peak_rss'] / 2**30:.2f} GiB | {o['peak_rss'] / 2**30:.2f} GiB | {o['detail']} |")
+          f"{threads} threads; fp32 GEMM peak {peak:.1f} GFLOP/s (torch.mm 2048^2, the higher of a measurement "
+          f"before and one after the rows); core's path: {core_detail}; every row is a fresh process's first run")
+    for name, (h, w) in sizes.items():
+        print_compare(name, w, h, tables[name], rounds)
+        ours = tables[name]["ours"]
+        print(f"\nours: {ours['px_per_s'] / 1e6:.4f} Mpx/s, {ours['gflops']:.1f} GFLOP/s of direct-convolution "
+              f"work ({100 * ours['gflops'] / peak:.0f} % of the GEMM peak)")
+    gib = 2**30
+    (core_rss, core_s), (ours_rss, ours_s) = rss["core"], rss["ours"]
+    print(f"\nWhole job, {rss_side}x{rss_side} PNG -> x4 PNG (realesr-animevideov3-x4), peak RSS of the process: "
+          f"core's path {core_rss / gib:.2f} GiB ({core_s:.1f} s), ours (CLI) {ours_rss / gib:.2f} GiB ({ours_s:.1f} s): "
+          f"{ours_rss / core_rss:.2f}x core's")
     model_bytes = sum(p.numel() * 4 for p in load(batch_model).model.parameters())
     budget = frames["output_bytes"] + model_bytes + 0.5 * 2**30
     added = frames["peak_rss"] - frames["baseline_rss"]
-    gib = 2**30
-    print(f"\n16-frame batch {frames['size']} x4 ({batch_model}, ours): {frames['seconds']:.1f} s, peak RSS "
-          f"{frames['peak_rss'] / gib:.2f} GiB vs budget output+model+0.5 GiB = {budget / gib:.2f} GiB "
+    print(f"\n16-frame batch {frames['size']} x4 ({batch_model}, ours, {frames['detail']}): {frames['seconds']:.1f} s, "
+          f"peak RSS {frames['peak_rss'] / gib:.2f} GiB vs budget output+model+0.5 GiB = {budget / gib:.2f} GiB "
           f"({'within' if frames['peak_rss'] <= budget else 'OVER'}).\n"
           f"Of that peak, {frames['baseline_rss'] / gib:.2f} GiB was there before upscaling (torch runtime, "
           f"libraries, model, input; `import torch` alone: {torch_import_rss() / gib:.2f} GiB) "

@@ -320,6 +320,77 @@ def _run_child(name, path, workdir: Path, threads, repeats, timeout) -> dict:
     return result
 
 
+class Peers:
+    """The peers of one model and photo, prepared once (the torch reference, each converter's
+    file); ``row(name)`` then runs one peer in its own process. A context manager: the files go
+    with it."""
+
+    def __init__(self, model_name: str, image, threads: int = 2, repeats: int = 3, peers=None, timeout: float = 3600):
+        self.names = list(PEERS) if peers is None else list(peers)
+        for name in self.names:
+            if name not in PEERS:
+                raise ValueError(f"no peer named {name!r}; choose from {', '.join(PEERS)}")
+        self.threads, self.repeats, self.timeout = threads, repeats, timeout
+        self.skipped: dict[str, str] = {}
+        for name in self.names:
+            lacking = missing_packages(name)
+            if lacking:
+                self.skipped[name] = f"not installed: pip install {' '.join(lacking)}"
+        self._tmp = tempfile.TemporaryDirectory(prefix="peers-")
+        self.workdir = Path(self._tmp.name)
+        self.paths: dict[str, str] = {}
+        runnable = [n for n in self.names if n not in self.skipped]
+        if not runnable:
+            return
+        from realesrgan_tiled.bundled_models import bundled_model_path
+        from realesrgan_tiled.loading import load_model
+
+        network = load_model(bundled_model_path(model_name)).model
+        x = as_nchw(image)
+        self.reference = reference_output(network, x, threads)
+        np.save(self.workdir / "input.npy", x)
+        for name in runnable:
+            try:
+                self.paths[name] = _prepare(name, model_name, network, x, self.workdir)
+            except Exception as e:  # a converter that cannot take the network: say so, go on
+                self.skipped[name] = f"conversion failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._tmp.cleanup()
+
+    def row(self, name: str) -> dict:
+        """One fresh process of peer ``name``: see ``peer_rows`` for the fields."""
+        if name in self.skipped:
+            return _row(name, skipped_reason=self.skipped[name])
+        try:
+            result = _run_child(name, self.paths[name], self.workdir, self.threads, self.repeats, self.timeout)
+        except Exception as e:
+            self.skipped[name] = f"run failed: {e}"[:300]
+            return _row(name, skipped_reason=self.skipped[name])
+        out = result.pop("output")
+        same_shape = out.shape == self.reference.shape
+        diff = float(np.abs(out.astype(np.float64) - self.reference).max()) if same_shape else float("nan")
+        runs = result["runs"]
+        row = judge(_row(name, seconds=runs[0], first_seconds=runs[0], best_seconds=min(runs), **result), diff)
+        if not same_shape:
+            row["skipped_reason"] = f"output shape {out.shape} != reference {self.reference.shape}"
+        return row
+
+
+def keep_best(kept: dict | None, row: dict) -> dict:
+    """Of two rounds of one peer, the one with the faster first run; best_seconds over both."""
+    if row.get("first_seconds") is None:
+        return kept or row
+    if kept is None or kept.get("first_seconds") is None:
+        return row
+    best = min(row["best_seconds"], kept["best_seconds"])
+    chosen = row if row["first_seconds"] < kept["first_seconds"] else kept
+    return dict(chosen, best_seconds=best)
+
+
 def peer_rows(model_name: str, image, threads: int = 2, repeats: int = 3, peers=None, rounds: int = 1,
               timeout: float = 3600) -> list[dict]:
     """Time each peer on the bundled model ``model_name`` and ``image`` (see ``as_nchw``).
@@ -330,61 +401,12 @@ def peer_rows(model_name: str, image, threads: int = 2, repeats: int = 3, peers=
     first inference), max_abs_diff (against our fp32 torch output), skipped_reason (None when
     the row counts), detail. With ``rounds`` > 1 the peers alternate and each keeps its round
     with the fastest first run (best_seconds is the best over all rounds)."""
-    names = list(PEERS) if peers is None else list(peers)
-    for name in names:
-        if name not in PEERS:
-            raise ValueError(f"no peer named {name!r}; choose from {', '.join(PEERS)}")
-    rows = {name: _row(name) for name in names}
-    runnable = []
-    for name in names:
-        lacking = missing_packages(name)
-        if lacking:
-            rows[name]["skipped_reason"] = f"not installed: pip install {' '.join(lacking)}"
-        else:
-            runnable.append(name)
-    if not runnable:
-        return [rows[n] for n in names]
-
-    from realesrgan_tiled.bundled_models import bundled_model_path
-    from realesrgan_tiled.loading import load_model
-
-    network = load_model(bundled_model_path(model_name)).model
-    x = as_nchw(image)
-    reference = reference_output(network, x, threads)
-    best: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
-        workdir = Path(tmp)
-        np.save(workdir / "input.npy", x)
-        paths = {}
-        for name in runnable:
-            try:
-                paths[name] = _prepare(name, model_name, network, x, workdir)
-            except Exception as e:  # a converter that cannot take the network: say so, go on
-                rows[name]["skipped_reason"] = f"conversion failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    with Peers(model_name, image, threads, repeats, peers, timeout) as prepared:
+        best: dict[str, dict] = {}
         for _ in range(max(1, rounds)):
-            for name in runnable:  # one at a time: the machine's cores are the peer's alone
-                if name not in paths:
-                    continue
-                try:
-                    result = _run_child(name, paths[name], workdir, threads, repeats, timeout)
-                except Exception as e:
-                    rows[name]["skipped_reason"] = f"run failed: {e}"[:300]
-                    paths.pop(name)
-                    continue
-                out = result.pop("output")
-                diff = float(np.abs(out.astype(np.float64) - reference).max()) if out.shape == reference.shape else float("nan")
-                runs = result["runs"]
-                row = judge(_row(name, seconds=runs[0], first_seconds=runs[0], best_seconds=min(runs), **result), diff)
-                if out.shape != reference.shape:
-                    row["skipped_reason"] = f"output shape {out.shape} != reference {reference.shape}"
-                kept = best.get(name)
-                overall_best = min(row["best_seconds"], kept["best_seconds"]) if kept else row["best_seconds"]
-                if kept is None or row["first_seconds"] < kept["first_seconds"]:
-                    best[name] = row
-                best[name]["best_seconds"] = overall_best
-    for name, row in best.items():
-        rows[name] = row
-    return [rows[n] for n in names]
+            for name in prepared.names:  # one at a time: the machine's cores are the peer's alone
+                best[name] = keep_best(best.get(name), prepared.row(name))
+        return [best[n] for n in prepared.names]
 
 
 # ---- the table ------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def _upscale_once(images: torch.Tensor, model, choices: Choices, host: Host) -> 
     settings.check_output_fits(batch, target, channels, host.output_dtype, host.free_memory(out_device))
     passes = channel_passes(channels, model.input_channels)
     multiple = max(1, int(model.size_requirements.multiple_of))
-    backend = backends.resolve(choices.backend, model, device, dtype, lambda: _ncnn_fits(model, device, host))
+    backend = backends.resolve(choices.backend, model, device, dtype, height * width, lambda: _ncnn_fits(model, device, host))
     ran = RunReport(precision=settings.dtype_name(dtype), device=str(device), backend=backend)
     try:
         if host.make_room is not None:

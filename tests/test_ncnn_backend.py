@@ -112,12 +112,22 @@ def test_auto_keeps_the_backend_whose_probe_ran_faster():
 
 
 def test_auto_measures_once_per_network_shape_on_the_cpu(compact):
-    x = photo("astronaut", (24, 24))
+    x = torch.rand(1, 272, 256, 3)  # over the torch plan's whole-map size: windows on both backends
     choice = run_engine(compact, x).ran.backend
     net = compact.network
     key = (compact.our_architecture.name, compact.our_architecture.probe_key(net), torch.get_num_threads())
     assert backends.measured()[key] == choice
     assert run_engine(compact, x).ran.backend == choice
+
+
+def test_auto_runs_inputs_the_torch_plan_runs_whole_on_torch_without_a_probe():
+    """There the torch plan pays no window halo, the probe's comparison does not hold, and
+    ncnn measured slower (and the probe would cost more than the image)."""
+    sd = srvgg_state(num_feat=8, num_conv=2, seed=3)  # a network shape no other test measured
+    model = build_from_state_dict(sd)
+    ran = run_engine(model, torch.rand(1, 200, 200, 3)).ran
+    key = (model.our_architecture.name, model.our_architecture.probe_key(model.network), torch.get_num_threads())
+    assert ran.backend == "torch" and key not in backends.measured()
 
 
 def test_stages_follow_weights_changed_in_place():

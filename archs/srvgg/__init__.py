@@ -28,6 +28,9 @@ class SRVGGArchitecture(OurArchitecture):
         reproduce the whole-image result exactly."""
         return -(-(net.receptive_radius * 8 // 3) // 8) * 8
 
+    def torch_plan_walks_windows(self, net: SRVGGNetCompact, pixels: int) -> bool:
+        return pixels > SRVGGPlan.whole_map_max_pixels
+
     def probe_key(self, net: SRVGGNetCompact) -> tuple:
         return net.num_feat, net.receptive_radius, net.act_type
 
