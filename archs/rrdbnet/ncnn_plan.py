@@ -42,9 +42,10 @@ class RRDBNetNcnnPlan:
         a, b = torch.empty_like(feat), torch.empty_like(feat)
         side = self.trunk_window
         for rdb1, rdb2, rdb3 in dense_blocks:
-            run_in_windows(rdb1, x, side, RDB_HALO, into(a), threads=self.threads, release=True)
-            run_in_windows(rdb2, a, side, RDB_HALO, into(b), threads=self.threads, release=True)
-            run_in_windows(rdb3, b, side, RDB_HALO, into(a), threads=self.threads, release=True)
+            # pools kept between these small windows: handing them back each time measured 10-20 % slower
+            run_in_windows(rdb1, x, side, RDB_HALO, into(a), threads=self.threads)
+            run_in_windows(rdb2, a, side, RDB_HALO, into(b), threads=self.threads)
+            run_in_windows(rdb3, b, side, RDB_HALO, into(a), threads=self.threads)
             x.add_(a, alpha=0.2)  # RRDB residual: input + 0.2 * rdb3(...)
         return x
 
@@ -78,7 +79,7 @@ def dense_block_probe(rdb: ResidualDenseBlock, feat: torch.Tensor) -> dict:
     torch_plan, stage = RRDBNetPlan(trunk_window=side), _dense_block(rdb)
     return {
         "torch": lambda: torch_plan._dense_block_in_windows(rdb, feat, out),
-        "ncnn": lambda: run_in_windows(stage, feat, side, RDB_HALO, into(out), release=True),
+        "ncnn": lambda: run_in_windows(stage, feat, side, RDB_HALO, into(out)),
     }
 
 
