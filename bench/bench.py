@@ -242,7 +242,9 @@ def rss_rows(model_name, side, rounds):
     with tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp:
         workdir = Path(tmp)
         source = workdir / "photo.png"
-        Image.fromarray((real_photo(side, side)[0].numpy() * 255).round().astype(np.uint8)).save(source)
+        import skimage.data
+
+        Image.fromarray(skimage.data.astronaut()).resize((side, side), Image.LANCZOS).save(source)
         best = {}
         for _ in range(rounds):
             for who in ("core", "ours"):
@@ -330,28 +332,24 @@ def main():
     sizes = {"RealESRGAN_x4plus": (64, 96) if args.quick else (192, 256),
              "realesr-animevideov3-x4": (128, 192) if args.quick else (512, 768)}
     peak_before = gemm_peak_gflops()
-    tables = {name: compare_rows(name, h, w, rounds, threads, peer_names) for name, (h, w) in sizes.items()}
-    rss_side = 256 if args.quick else 1024
-    rss = rss_rows("realesr-animevideov3-x4", rss_side, 1 if args.quick else 2)
-    batch_model = "realesr-animevideov3-x4"
-    frames = _subprocess_row(batch_model, "ours", 128 if args.quick else 512, 128 if args.quick else 512, 16)
-    # the peak is measured before and after the rows and the higher one kept: on a shared
-    # machine a single measurement can land in a slow moment and flatter the % column
-    peak = max(peak_before, gemm_peak_gflops())
     _, core_detail = _core_scaler()
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
-          f"{threads} threads; fp32 GEMM peak {peak:.1f} GFLOP/s (torch.mm 2048^2, the higher of a measurement "
-          f"before and one after the rows); core's path: {core_detail}; every row is a fresh process's first run")
-    for name, (h, w) in sizes.items():
-        print_compare(name, w, h, tables[name], rounds)
-        ours = tables[name]["ours"]
-        print(f"\nours: {ours['px_per_s'] / 1e6:.4f} Mpx/s, {ours['gflops']:.1f} GFLOP/s of direct-convolution "
-              f"work ({100 * ours['gflops'] / peak:.0f} % of the GEMM peak)")
+          f"{threads} threads; core's path: {core_detail}; every row is a fresh process's first run", flush=True)
+    gflops = {}
+    for name, (h, w) in sizes.items():  # each table as soon as it is measured
+        table = compare_rows(name, h, w, rounds, threads, peer_names)
+        print_compare(name, w, h, table, rounds)
+        gflops[name] = table["ours"]
+        sys.stdout.flush()
+    rss_side = 256 if args.quick else 1024
+    rss = rss_rows("realesr-animevideov3-x4", rss_side, 1 if args.quick else 2)
     gib = 2**30
     (core_rss, core_s), (ours_rss, ours_s) = rss["core"], rss["ours"]
-    print(f"\nWhole job, {rss_side}x{rss_side} PNG -> x4 PNG (realesr-animevideov3-x4), peak RSS of the process: "
-          f"core's path {core_rss / gib:.2f} GiB ({core_s:.1f} s), ours (CLI) {ours_rss / gib:.2f} GiB ({ours_s:.1f} s): "
-          f"{ours_rss / core_rss:.2f}x core's")
+    print(f"\nWhole job, the {rss_side}x{rss_side} astronaut PNG -> x4 PNG (realesr-animevideov3-x4), peak RSS of "
+          f"the process: core's path {core_rss / gib:.2f} GiB ({core_s:.1f} s), ours (CLI) {ours_rss / gib:.2f} GiB "
+          f"({ours_s:.1f} s): {ours_rss / core_rss:.2f}x core's", flush=True)
+    batch_model = "realesr-animevideov3-x4"
+    frames = _subprocess_row(batch_model, "ours", 128 if args.quick else 512, 128 if args.quick else 512, 16)
     model_bytes = sum(p.numel() * 4 for p in load(batch_model).model.parameters())
     budget = frames["output_bytes"] + model_bytes + 0.5 * 2**30
     added = frames["peak_rss"] - frames["baseline_rss"]
@@ -362,6 +360,13 @@ def main():
           f"libraries, model, input; `import torch` alone: {torch_import_rss() / gib:.2f} GiB) "
           f"and upscaling added {added / gib:.2f} GiB: the {frames['output_bytes'] / gib:.2f} GiB "
           f"output + {(added - frames['output_bytes']) / 2**20:.0f} MiB working set.")
+    # the peak is measured before and after the rows and the higher one kept: on a shared
+    # machine a single measurement can land in a slow moment and flatter the % column
+    peak = max(peak_before, gemm_peak_gflops())
+    print(f"\nfp32 GEMM peak {peak:.1f} GFLOP/s (torch.mm 2048^2, the higher of a measurement before and one after "
+          "the rows). Ours, in direct-convolution work per second (Winograd does fewer multiplies, so ncnn can pass "
+          "the GEMM peak): " + "; ".join(f"{n} {r['gflops']:.1f} GFLOP/s ({100 * r['gflops'] / peak:.0f} %)"
+                                          for n, r in gflops.items()))
 
 
 if __name__ == "__main__":
