@@ -3,7 +3,9 @@
 
 "auto" is measured, not guessed: the first time a network of a given shape runs on the CPU, a
 small representative piece of it (``OurArchitecture.speed_probe``) is timed on both backends
-and the faster one is kept for the rest of the process. The engine reports which one ran
+and the faster one is kept, for the process and in a small cache file (per CPU model, thread
+count and library versions), so a later process — each CLI call, each host start — does not
+pay the probe again. The engine reports which one ran
 (``RunReport.backend``); ``Choices.backend``, the CLI's ``--backend`` or the environment
 variable ``REALESRGAN_TILED_BACKEND`` pin one.
 """
@@ -11,11 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import logging
 import os
+import platform
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 
@@ -26,6 +31,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "ncnn")
 ENVIRONMENT_VARIABLE = "REALESRGAN_TILED_BACKEND"
+CACHE_DIR_VARIABLE = "REALESRGAN_TILED_CACHE_DIR"  # default: $XDG_CACHE_HOME/realesrgan_tiled or ~/.cache/...
 
 _chosen: contextvars.ContextVar[str | None] = contextvars.ContextVar("backend", default=None)
 _measured: dict[tuple, str] = {}
@@ -107,9 +113,59 @@ def _faster(model) -> str:
     key = (arch.name, arch.probe_key(net), torch.get_num_threads())
     with _measure_lock:
         if key not in _measured:
-            _measured[key] = _measure(arch.speed_probe(net))
-            log.info("backend for %s on this CPU: %s (measured)", arch.name, _measured[key])
+            stored = _cache_key(key)
+            cached = _read_cache().get(stored)
+            if cached in ("torch", "ncnn"):
+                _measured[key] = cached
+            else:
+                _measured[key] = _measure(arch.speed_probe(net))
+                log.info("backend for %s on this CPU: %s (measured)", arch.name, _measured[key])
+                _write_cache(stored, _measured[key])
         return _measured[key]
+
+
+def cache_file() -> Path:
+    base = os.environ.get(CACHE_DIR_VARIABLE)
+    if not base:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "realesrgan_tiled"
+    return Path(base) / "cpu_backends.json"
+
+
+def _cache_key(key: tuple) -> str:
+    """What the measurement depends on: the network's shape, threads, this CPU, both libraries."""
+    import ncnn
+
+    arch, shape, threads = key
+    return f"{arch} {'/'.join(map(str, shape))} | {threads} threads | {_cpu_name()} | torch {torch.__version__} | ncnn {ncnn.__version__}"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def _read_cache() -> dict:
+    try:
+        data = json.loads(cache_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, unreadable or damaged: measure again
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(stored: str, choice: str) -> None:
+    """Best effort: a read-only home only means measuring again next time."""
+    path = cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = dict(_read_cache(), **{stored: choice})
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        log.debug("could not store the measured backend in %s: %s", path, e)
 
 
 def _measure(probes: dict[str, Callable[[], None]]) -> str:

@@ -207,6 +207,7 @@ runpy.run_module("realesrgan_tiled", run_name="__main__")
 def core_file_job(model_name, source, target):
     """ComfyUI core's path for one file: LoadImage (PIL -> float32), Load Upscale Model (spandrel),
     Upscale Image (using Model) (tiled_scale 512/32, fp32), SaveImage (x255, clip, uint8, PNG)."""
+    import spandrel  # noqa: F401  (first, the plain way, as ComfyUI has it: torchvision and all)
     from PIL import Image
 
     core, _ = _core_scaler()

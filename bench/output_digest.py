@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -54,7 +55,10 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--compare", type=Path)
+    parser.add_argument("--backend", default="torch",
+                        help="torch (default: our torch plans, comparable with trees from before the ncnn backend) or ncnn")
     args = parser.parse_args()
+    os.environ["REALESRGAN_TILED_BACKEND"] = args.backend  # trees without backends ignore it
     args.out_dir.mkdir(parents=True, exist_ok=True)
     same = True
     for name, (model_name, tile) in CASES.items():

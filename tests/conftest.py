@@ -26,6 +26,17 @@ def photo(name: str = "astronaut", size: tuple[int, int] | None = None) -> torch
     return torch.from_numpy(np.ascontiguousarray(arr)).float().div(255).unsqueeze(0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def backend_cache_of_this_session(tmp_path_factory):
+    """The measured CPU backends go to a cache of this test session, not the user's (subprocesses
+    inherit it)."""
+    from realesrgan_tiled.archs.backend import CACHE_DIR_VARIABLE
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_DIR_VARIABLE, str(tmp_path_factory.mktemp("backend_cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def x4plus_path():
     return bundled_model_path("RealESRGAN_x4plus")

@@ -120,6 +120,42 @@ def test_auto_measures_once_per_network_shape_on_the_cpu(compact):
     assert run_engine(compact, x).ran.backend == choice
 
 
+CACHED_CHOICE = """
+import sys, torch
+from realesrgan_tiled.archs import ARCHITECTURES, backend
+from realesrgan_tiled.bundled_models import bundled_model_path
+from realesrgan_tiled.loading import load_model
+model = load_model(bundled_model_path("realesr-animevideov3-x4"))
+if sys.argv[1] == "second":
+    def no_probe(net):
+        raise AssertionError("probed again although the cache holds the answer")
+    ARCHITECTURES["SRVGGNetCompact"].speed_probe = no_probe
+print(backend.resolve("auto", model, torch.device("cpu"), torch.float32, 1024 * 1024))
+"""
+
+
+def test_auto_measures_once_per_machine_not_per_process(tmp_path):
+    """The measured choice is cached on disk (per CPU, threads, versions): a second process
+    takes it without probing."""
+    import os
+
+    env = dict(os.environ, **{backends.CACHE_DIR_VARIABLE: str(tmp_path)})
+    first, second = (subprocess.run([sys.executable, "-c", CACHED_CHOICE, which], capture_output=True, text=True,
+                                    timeout=300, env=env) for which in ("first", "second"))
+    assert first.returncode == 0 and second.returncode == 0, second.stderr[-2000:] + first.stderr[-2000:]
+    assert first.stdout.split()[-1] == second.stdout.split()[-1] in ("torch", "ncnn")
+    stored = json.loads((tmp_path / "cpu_backends.json").read_text())
+    assert list(stored.values()) == [first.stdout.split()[-1]] and "SRVGGNetCompact" in next(iter(stored))
+
+
+def test_a_damaged_cache_file_means_measuring_again(tmp_path, monkeypatch):
+    monkeypatch.setenv(backends.CACHE_DIR_VARIABLE, str(tmp_path))
+    (tmp_path / "cpu_backends.json").write_text("{not json")
+    assert backends._read_cache() == {}
+    backends._write_cache("k", "ncnn")
+    assert backends._read_cache() == {"k": "ncnn"}
+
+
 def test_auto_runs_inputs_the_torch_plan_runs_whole_on_torch_without_a_probe():
     """There the torch plan pays no window halo, the probe's comparison does not hold, and
     ncnn measured slower (and the probe would cost more than the image)."""
