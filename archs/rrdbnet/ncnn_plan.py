@@ -19,7 +19,7 @@ NCNN_TAIL_HALO = 3  # trunk px: the tail's convs reach 2.25 trunk px (1 at 2x, 3
 
 @dataclass(frozen=True)
 class RRDBNetNcnnPlan:
-    trunk_window: int = 96  # dense-block window side (trunk px); measured fastest of 64 / 96 / 128
+    trunk_window: int = 96  # dense-block window side (trunk px): 64 measured slower (more halo), 128 alike
     tail_window: int = 32  # tail window side in trunk px: its maps are 4**num_upsample times larger, and so is ncnn's memory
     threads: int | None = None  # window workers; None: torch's intra-op thread count
     backend = "ncnn"
@@ -57,8 +57,8 @@ class RRDBNetNcnnPlan:
         return 3 * len(net.body) * trunk + tail
 
     def window_bytes(self, net: RRDBNet, element_size: int) -> int:
-        """Per worker: one window's ncnn blobs and Winograd buffers (measured: tests/test_memory),
-        plus the ncnn copy of the weights."""
+        """Per worker: one window's ncnn blobs and Winograd buffers (against the measured peak:
+        tests/test_ncnn_backend.py), plus the ncnn copy of the weights."""
         nf, grow = net.num_feat, net.num_grow_ch
         up = 4**net.num_upsample
         trunk = (self.trunk_window + 2 * RDB_HALO) ** 2 * (nf + 4 * grow) * 4
