@@ -198,7 +198,8 @@ def test_host_is_asked_to_make_room_for_the_weights_then_the_working_set(compact
     ran = run_engine(compact, torch.rand(1, 40, 40, 3), tile_size=32,
                      make_room=lambda device, n: asked.append((device.type, n))).ran
     weights = sum(t.numel() * 4 for t in compact.model.state_dict().values())
-    cost = compact.cost(torch.device("cpu"), 4)
+    with backends.using(ran.backend):  # the working set of the backend that ran
+        cost = compact.cost(torch.device("cpu"), 4)
     assert asked[0] == ("cpu", weights)
     assert asked[1][1] == int(cost.fixed + 32 * 32 * (cost.per_pixel + 16 * 16)) and len(asked) == 2
     assert ran.tile_size == 32
