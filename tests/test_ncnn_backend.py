@@ -250,5 +250,4 @@ def test_the_memory_estimate_covers_ncnn_runs(name, side):
     done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, name, str(side)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    print(figures)
     assert figures["peak"] <= figures["estimate"] <= 4 * figures["peak"] + (64 << 20), figures
