@@ -158,23 +158,14 @@ def _prepare(name: str, model_name: str, network, x: np.ndarray, workdir: Path) 
 # ---- the child's side: load, then time the inferences (numpy + the runtime only) -------------
 
 def blob_names(param: Path) -> tuple[str, str]:
-    """(input blob, output blob) of a text .param: the Input layer's blob, and the one blob
-    that is produced but never read (as tests/ncnn_fixtures.blob_names)."""
-    produced, consumed, data = [], set(), None
-    for line in Path(param).read_text().splitlines()[2:]:
-        tok = line.split()
-        if not tok:
-            continue
-        n_in, n_out = int(tok[2]), int(tok[3])
-        bottoms, tops = tok[4:4 + n_in], tok[4 + n_in:4 + n_in + n_out]
-        if tok[0] == "Input":
-            data = tops[0]
-        consumed.update(bottoms)
-        produced.extend(tops)
-    outputs = [b for b in produced if b not in consumed]
-    if data is None or len(outputs) != 1:
-        raise ValueError(f"{param}: cannot tell the input and output blobs ({data}, {outputs})")
-    return data, outputs[0]
+    """(input blob, output blob) of a .param, as the ncnn runtime itself reads them."""
+    import ncnn
+
+    net = ncnn.Net()
+    inputs, outputs = (net.input_names(), net.output_names()) if net.load_param(str(param)) == 0 else ([], [])
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ValueError(f"{param}: cannot tell the input and output blobs ({inputs}, {outputs})")
+    return inputs[0], outputs[0]
 
 
 def _ncnn_runner(path: str, threads: int, winograd: bool):

@@ -27,22 +27,14 @@ def one_torch_thread():
 
 
 def blob_names(param: Path) -> tuple[str, str]:
-    """(input blob, output blob) read from a text .param: the Input layer's blob, and the one
-    blob that is produced but never read."""
-    produced, consumed, data = [], set(), None
-    for line in param.read_text().splitlines()[2:]:
-        tok = line.split()
-        if not tok:
-            continue
-        n_in, n_out = int(tok[2]), int(tok[3])
-        bottoms, tops = tok[4:4 + n_in], tok[4 + n_in:4 + n_in + n_out]
-        if tok[0] == "Input":
-            data = tops[0]
-        consumed.update(bottoms)
-        produced.extend(tops)
-    outputs = [b for b in produced if b not in consumed]
-    assert data is not None and len(outputs) == 1, (data, outputs)
-    return data, outputs[0]
+    """(input blob, output blob) of a .param, as the ncnn runtime itself reads them."""
+    import ncnn
+
+    net = ncnn.Net()
+    assert net.load_param(str(param)) == 0, param
+    inputs, outputs = net.input_names(), net.output_names()
+    assert len(inputs) == 1 and len(outputs) == 1, (inputs, outputs)
+    return inputs[0], outputs[0]
 
 
 def run_ncnn(param: Path, x: torch.Tensor, threads: int = 1) -> torch.Tensor:
