@@ -30,7 +30,7 @@ class RRDBNetArchitecture(OurArchitecture):
         return 48  # its receptive field is wider than any overlap; 48 px measured >= 50 dB (README)
 
     def torch_plan_walks_windows(self, net: RRDBNet, pixels: int) -> bool:
-        return pixels / net.unshuffle**2 > RRDBNetPlan.whole_map_max_pixels
+        return RRDBNetPlan.for_device(torch.device("cpu")).trunk_in_windows(net, -(-pixels // net.unshuffle**2))
 
     def probe_key(self, net: RRDBNet) -> tuple:
         return net.num_feat, net.num_grow_ch

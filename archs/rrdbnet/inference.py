@@ -48,7 +48,7 @@ class RRDBNetPlan:
         feat = net.conv_first(net.head(x))
         if self.channels_last:  # after the head: pixel-unshuffle returns the standard layout
             feat = feat.contiguous(memory_format=torch.channels_last)
-        body = self._trunk(net.body, feat)
+        body = self._trunk(net, feat)
         feat = feat + net.conv_body(body)
         return net.crop(self._tail(net, feat), x)
 
@@ -56,7 +56,7 @@ class RRDBNetPlan:
         """Windows ``run`` walks for an input of this size (progress within a tile); 0: none."""
         h, w = -(-height // net.unshuffle), -(-width // net.unshuffle)  # the trunk map
         trunk = 0
-        if self.trunk_window is not None and h * w > self.whole_map_max_pixels and len(net.body):
+        if self.trunk_in_windows(net, h * w):
             trunk = 3 * len(net.body) * len(even_spans(h, self.trunk_window)) * len(even_spans(w, self.trunk_window))
         up = 2**net.num_upsample
         if self.tail_window is not None:
@@ -86,8 +86,13 @@ class RRDBNetPlan:
 
     # ---- trunk --------------------------------------------------------------------------
 
-    def _trunk(self, body: nn.Sequential, feat: torch.Tensor) -> torch.Tensor:
-        if self.trunk_window is not None and feat.shape[-2] * feat.shape[-1] > self.whole_map_max_pixels and len(body):
+    def trunk_in_windows(self, net: RRDBNet, map_pixels: int) -> bool:
+        """Whether the trunk walks a map of ``map_pixels`` (trunk px) in windows, or runs it whole."""
+        return self.trunk_window is not None and map_pixels > self.whole_map_max_pixels and len(net.body) > 0
+
+    def _trunk(self, net: RRDBNet, feat: torch.Tensor) -> torch.Tensor:
+        body = net.body
+        if self.trunk_in_windows(net, feat.shape[-2] * feat.shape[-1]):
             return self._trunk_in_windows(body, feat)
         if self.channels_last:
             return body(feat)

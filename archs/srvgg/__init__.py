@@ -29,7 +29,7 @@ class SRVGGArchitecture(OurArchitecture):
         return -(-(net.receptive_radius * 8 // 3) // 8) * 8
 
     def torch_plan_walks_windows(self, net: SRVGGNetCompact, pixels: int) -> bool:
-        return pixels > SRVGGPlan.whole_map_max_pixels
+        return SRVGGPlan.for_device(torch.device("cpu")).in_windows(pixels)
 
     def probe_key(self, net: SRVGGNetCompact) -> tuple:
         return net.num_feat, net.receptive_radius, net.act_type

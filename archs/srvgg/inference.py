@@ -30,8 +30,12 @@ class SRVGGPlan:
             return cls()
         return cls(window=None, channels_last=device.type == "cuda")  # faster with cuDNN too (README: GPU check)
 
+    def in_windows(self, pixels: int) -> bool:
+        """Whether an input of ``pixels`` runs window by window, or whole."""
+        return self.window is not None and pixels > self.whole_map_max_pixels
+
     def run(self, net: SRVGGNetCompact, x: torch.Tensor) -> torch.Tensor:
-        if self.window is not None and x.shape[-2] * x.shape[-1] > self.whole_map_max_pixels:
+        if self.in_windows(x.shape[-2] * x.shape[-1]):
             return self._in_windows(net, x)
         out = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
         for layer in net.body:
@@ -40,7 +44,7 @@ class SRVGGPlan:
 
     def window_steps(self, net: SRVGGNetCompact, height: int, width: int, element_size: int = 4) -> int:
         """Windows ``run`` walks for an input of this size (progress within a tile); 0: none."""
-        if self.window is None or height * width <= self.whole_map_max_pixels:
+        if not self.in_windows(height * width):
             return 0
         return len(even_spans(height, self.window[0])) * len(even_spans(width, self.window[1]))
 
