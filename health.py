@@ -57,7 +57,8 @@ class Health:
             self.counts.oom_retries += report.oom_retries
             self.counts.fp32_reruns += report.fp32_reruns
             self.last_run = {"model": model, "time": _now(), "device": report.device, "precision": report.precision,
-                             "backend": report.backend, "tiles": report.tiles, "tile_size": report.tile_size}
+                             "backend": report.backend, "tiles": report.tiles, "tile_size": report.tile_size,
+                             "room_asked_bytes": report.room_asked}
 
     def fell_back(self, model: str, message: str) -> None:
         with self._lock:

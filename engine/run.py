@@ -101,12 +101,9 @@ def _upscale_once(images: torch.Tensor, model, choices: Choices, host: Host) -> 
     backend = backends.resolve(choices.backend, model, device, dtype, height * width, lambda: _ncnn_fits(model, device, host))
     ran = RunReport(precision=settings.dtype_name(dtype), device=str(device), backend=backend)
     try:
-        if host.make_room is not None:
-            host.make_room(device, _weight_bytes(model))
-        model.to(device)
-        model.eval()
+        _place(model, device, host)
         with torch.inference_mode(), backends.using(backend):
-            tile = _tile_size(model, choices.tile_size, host, device, dtype, (height, width), multiple)
+            tile, ran.room_asked = _tile_size(model, choices.tile_size, host, device, dtype, (height, width), multiple)
             overlap = min(model_overlap(model) if choices.overlap is None else choices.overlap, tile // 2)
             ran.tile_size, ran.overlap = tile, overlap
             run = _Run(model, host, device, dtype, scale, multiple, overlap, ran, tile_cap=tile)
@@ -125,10 +122,24 @@ def _upscale_once(images: torch.Tensor, model, choices: Choices, host: Host) -> 
                     if not direct:
                         out[b] = resize_images(dest.unsqueeze(0), target, resample)[0].to(host.output_dtype)
     except BaseException:
-        _offload_quietly(model, host.offload_device)  # even on error or cancel, without hiding the error
+        if host.place_model is None:
+            _offload_quietly(model, host.offload_device)  # even on error or cancel, without hiding the error
         raise
-    model.to(host.offload_device)  # hand the device back
+    if host.place_model is None:
+        model.to(host.offload_device)  # hand the device back
     return Upscaled(out, ran)
+
+
+def _place(model, device: torch.device, host: Host) -> None:
+    """The model onto the device: by the host's model manager where it has one, else by us,
+    after asking the host for room for the weights."""
+    if host.place_model is not None:
+        host.place_model(device, 0)
+    else:
+        if host.make_room is not None:
+            host.make_room(device, _weight_bytes(model))
+        model.to(device)
+    model.eval()
 
 
 def _ncnn_fits(model, device: torch.device, host: Host) -> bool:
@@ -152,20 +163,24 @@ def _weight_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in model.model.state_dict().values())
 
 
-def _tile_size(model, chosen: int | None, host: Host, device, dtype, image_hw, multiple: int) -> int:
-    """The user's tile, or the largest whose working set fits the free memory. Either way the
-    host is first asked to make room for it (an automatic one: up to ROOM_TILE_PIXELS)."""
-    if chosen is None or host.make_room is not None:
+def _tile_size(model, chosen: int | None, host: Host, device, dtype, image_hw, multiple: int) -> tuple[int, int]:
+    """(tile, bytes asked of the host): the user's tile, or the largest whose working set fits
+    the free memory. Either way the host is first asked to make room for it (an automatic one:
+    up to ROOM_TILE_PIXELS)."""
+    ask = host.place_model or host.make_room
+    asked = 0
+    if chosen is None or ask is not None:
         cost = model_cost(model, device, dtype, call_model)
         per_pixel = cost.per_pixel + HOME_BYTES_PER_OUTPUT_PIXEL * int(model.scale) ** 2
         pixels = chosen**2 if chosen is not None else min(image_hw[0] * image_hw[1], settings.ROOM_TILE_PIXELS)
-        if host.make_room is not None:
-            host.make_room(device, int(cost.fixed + per_pixel * pixels))
+        if ask is not None:
+            asked = int(cost.fixed + per_pixel * pixels)
+            ask(device, asked)
         if chosen is None:
             budget = settings.tile_budget(device, host.free_memory(device))
             chosen = settings.auto_tile_size(image_hw, cost.fixed, per_pixel, budget,
                                              settings.device_tile_cap(device, int(model.scale)))
-    return round_tile(chosen, multiple)
+    return round_tile(chosen, multiple), asked
 
 
 def _one_tile_result(run: _Run, image_hwc: torch.Tensor, p: ChannelPass, tile: int) -> torch.Tensor:

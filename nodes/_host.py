@@ -7,6 +7,7 @@ a host feature is missing (older/newer ComfyUI builds differ in what they expose
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -146,6 +147,7 @@ def attach_patcher(descriptor) -> None:
         descriptor.patcher = patcher_cls(
             descriptor.model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
         )
+        descriptor.patcher.realesrgan_tiled_name = getattr(descriptor, "realesrgan_tiled_name", None)
     except Exception as e:  # a patcher signature we do not know: the descriptor still works without
         log.warning("realesrgan_tiled: could not attach a ModelPatcher (%s); core nodes of newer "
                     "ComfyUI builds may not accept this model", e)
@@ -156,11 +158,36 @@ def engine_host(descriptor):
     intermediate device/dtype and offload device, and its model manager for memory."""
     from ..engine import Host
 
-    release_from_manager(descriptor)
+    place = manager_placement(descriptor)
+    if place is None:
+        release_from_manager(descriptor)
     out_device, out_dtype = output_device_dtype()
     return Host(device=torch_device(), progress=progress_callback(), check_cancel=interrupt_check(),
                 output_device=out_device, output_dtype=out_dtype, offload_device=offload_device(),
-                make_room=make_room, is_oom=host_is_oom())
+                make_room=make_room, place_model=place, is_oom=host_is_oom())
+
+
+def manager_placement(descriptor):
+    """The engine's ``place_model`` through ComfyUI's model manager, the way current core's
+    ImageUpscaleWithModel loads an upscaler: ``load_models_gpu([patcher], memory_required=...,
+    force_full_load=True)``, where memory_required is the engine's estimate of a tile's working
+    set rather than core's fixed 384 bytes per pixel of a 512 px tile (4.8 GB for x4). The
+    manager counts the model, evicts others only as far as that needs, and keeps it loaded
+    after the run. None where the host cannot (no patcher, or a load_models_gpu older than
+    force_full_load): the engine then moves the model itself and asks ``make_room``."""
+    patcher = getattr(descriptor, "patcher", None)
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return None
+    load = getattr(mm, "load_models_gpu", None)
+    if patcher is None or load is None or "force_full_load" not in inspect.signature(load).parameters:
+        return None
+
+    def place_model(device: torch.device, working_set: int) -> None:
+        load([patcher], memory_required=working_set, force_full_load=True)
+
+    return place_model
 
 
 def release_from_manager(descriptor) -> None:
@@ -325,13 +352,16 @@ def _probe(name: str) -> str | None:
 
 
 def _loaded_models() -> list[str]:
-    """What the host's model manager holds now (a checkpoint should stay across our upscale)."""
+    """What the host's model manager holds now (a checkpoint should stay across our upscale):
+    class names, and ``upscaler: NAME`` for ours."""
     try:
         import comfy.model_management as mm
     except ImportError:
         return []
     out = []
     for loaded in list(getattr(mm, "current_loaded_models", [])):
-        module = getattr(getattr(loaded, "model", None), "model", None)
-        out.append(type(module).__name__ if module is not None else type(loaded).__name__)
+        patcher = getattr(loaded, "model", None)
+        ours = getattr(patcher, "realesrgan_tiled_name", None)
+        module = getattr(patcher, "model", None)
+        out.append(f"upscaler: {ours}" if ours else type(module).__name__ if module is not None else type(loaded).__name__)
     return out

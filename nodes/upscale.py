@@ -92,7 +92,7 @@ class LoadUpscaleModel:
             raise ModelLoadError(f"cannot load upscale model {model_name!r}: {msg}") from None
         descriptor.eval()
         descriptor.realesrgan_tiled_name = _host.bundled_name(model_name) or model_name
-        _host.attach_patcher(descriptor)
+        _host.attach_patcher(descriptor)  # after the name: the host's list of loaded models shows it
         return (descriptor,)
 
 

@@ -2,6 +2,8 @@
 model called directly, and fp32 runs for the precision guard."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -203,6 +205,37 @@ def test_host_is_asked_to_make_room_for_the_weights_then_the_working_set(compact
     assert asked[0] == ("cpu", weights)
     assert asked[1][1] == int(cost.fixed + 32 * 32 * (cost.per_pixel + 16 * 16)) and len(asked) == 2
     assert ran.tile_size == 32
+
+
+def test_a_model_manager_places_the_model_with_room_for_the_working_set_and_keeps_it(compact):
+    """ComfyUI's way: the host's manager puts the model on the device, asked for the weights
+    (0 extra) and then for the tile's working set; the engine never moves the model, so it
+    stays where the manager put it (not on the offload device) after the run and after a
+    failure."""
+    model, asked = copy.deepcopy(compact), []
+
+    def place_model(device, working_set):
+        asked.append(working_set)
+        model.to(device)
+
+    image = torch.rand(1, 40, 40, 3)
+    result = run_engine(model, image, tile_size=32, place_model=place_model, offload_device="meta",
+                        make_room=lambda device, n: pytest.fail("make_room beside a model manager"))
+    with backends.using(result.ran.backend):
+        cost = model.cost(torch.device("cpu"), 4)
+    working_set = int(cost.fixed + 32 * 32 * (cost.per_pixel + 16 * 16))
+    assert asked == [0, working_set] and result.ran.room_asked == working_set
+    assert all(p.device.type == "cpu" for p in model.model.parameters())  # not offloaded to "meta"
+    assert torch.allclose(result.images, upscaled(compact, image, tile_size=32), atol=1e-5)
+    class Stop(Exception):
+        pass
+
+    def cancel():
+        raise Stop()
+
+    with pytest.raises(Stop):  # a failure inside the run: still not moved
+        run_engine(model, image, tile_size=32, check_cancel=cancel, place_model=place_model, offload_device="meta")
+    assert all(p.device.type == "cpu" for p in model.model.parameters())
 
 
 @pytest.mark.parametrize("choices", [dict(tile_size=0), dict(tile_size=-5), dict(overlap=-1), dict(resample="sharp")])

@@ -180,6 +180,30 @@ def test_tiled_cancel_is_raised_and_model_offloaded(fake_comfy, anime_x2):
     assert next(anime_x2.model.parameters()).device.type == "cpu"
 
 
+def test_the_model_manager_loads_the_model_where_the_host_can(fake_comfy, anime_x2, monkeypatch):
+    """With a patcher and a load_models_gpu that knows force_full_load (current ComfyUI), the
+    node loads the model through it, asking for the engine's working set; with an older
+    load_models_gpu it moves the model itself (the real host: tests/comfyui)."""
+    mm, calls = sys.modules["comfy.model_management"], []
+
+    def load_models_gpu(models, memory_required=0, force_patch_weights=False, force_full_load=False):
+        calls.append((models, memory_required, force_full_load))
+
+    monkeypatch.setattr(mm, "load_models_gpu", load_models_gpu, raising=False)
+    monkeypatch.setattr(anime_x2, "patcher", object(), raising=False)
+    out = UpscaleImageTiled().upscale(anime_x2, photo(size=(24, 32)), 0, 0, "fp32")[0]
+    asked = upscale_module.HEALTH.last_run["room_asked_bytes"]
+    assert calls == [([anime_x2.patcher], 0, True), ([anime_x2.patcher], asked, True)] and asked > 0
+    assert torch.equal(out, upscaled(anime_x2, photo(size=(24, 32)), device="cpu"))
+
+    def old_load_models_gpu(models, memory_required=0):
+        calls.append("old")
+
+    monkeypatch.setattr(mm, "load_models_gpu", old_load_models_gpu)
+    UpscaleImageTiled().upscale(anime_x2, photo(size=(24, 32)), 0, 0, "fp32")
+    assert "old" not in calls
+
+
 def test_hires_model_path_report(fake_comfy, anime_x2):
     anime_x2.realesrgan_tiled_name = "realesr-animevideov3-x2"
     img = photo(size=(24, 32))

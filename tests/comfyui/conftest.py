@@ -62,6 +62,21 @@ def host_base(host, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sd15_checkpoint(host, host_base):
+    """A random-weight SD1.5 checkpoint in models/checkpoints (2 GB, ~20 s), built by the shared
+    builder from ComfyUI's own configs: graphs with a real VAE and CLIP, nothing downloaded."""
+    builder = harness.SD15_BUILDER
+    if not builder.is_file():
+        pytest.skip(f"no SD1.5 checkpoint builder at {builder} (set COMFY_SD15_BUILDER)")
+    comfy_dir, comfy_python = host
+    out = host_base / "models" / "checkpoints" / "random_sd15_fp16.safetensors"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res = harness.run([comfy_python, builder, "--comfy", comfy_dir, "--out", out, "--threads", "2"])
+    assert res.returncode == 0 and out.is_file(), res.stdout[-3000:]
+    return out.name
+
+
+@pytest.fixture(scope="session")
 def host_env(host, host_base, tmp_path_factory):
     """A venv over ComfyUI's where the Manager's install steps ran from the copied package."""
     _, comfy_python = host

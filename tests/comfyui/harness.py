@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE_DIR_NAME = "realesrgan_tiled"
 API_DIR = Path(__file__).resolve().parent / "workflows_api"
 EXAMPLES_DIR = REPO / "example_workflows"
+SD15_BUILDER = Path(os.environ.get("COMFY_SD15_BUILDER", REPO.parent / "shared" / "comfyui" / "make_random_sd15.py"))
 NODE_IDS = ("RealESRGAN_LoadUpscaleModel", "RealESRGAN_UpscaleImageTiled", "RealESRGAN_HiresFixUpscale",
             "RealESRGAN_InterpolateUpscaleModels")
 COPY_IGNORE = shutil.ignore_patterns(".venv*", ".git", "__pycache__", "*.egg-info", ".pytest_cache",

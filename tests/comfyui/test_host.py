@@ -200,6 +200,51 @@ def test_health_route_counts_runs_and_fallbacks_and_lists_refused_files(server, 
     assert "bundled/RealESRGAN_x4plus" not in refused
 
 
+# ---------------------------------------------------------------- memory through the model manager
+
+CORE_ROOM_X4 = 512 * 512 * 3 * 4 * 4 * 384  # core's ImageUpscaleWithModel estimate for any x4 model: 4.8 GB
+
+
+def test_upscalers_load_through_the_model_manager_and_a_loaded_vae_stays(server, input_image, bundled, sd15_checkpoint):
+    """Our nodes ask ComfyUI's model manager for the weights plus the engine's working set
+    (load_models_gpu through the patcher), so the upscaler is listed among the loaded models
+    and nothing the manager holds is evicted by our run. On this CPU server the manager frees
+    nothing for CPU models either way; the eviction itself only happens on a GPU
+    (bench/gpu_check.py covers it there)."""
+    first = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "2": {"class_type": "RealESRGAN_LoadUpscaleModel", "inputs": {"model_name": "bundled/realesr-animevideov3-x2"}},
+        "3": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd15_checkpoint}},
+        "4": {"class_type": "RealESRGAN_HiresFixUpscale",
+              "inputs": {"image": ["1", 0], "scale_by": 2.0, "width": 0, "height": 0, "resample": "lanczos",
+                         "multiple_of": 8, "upscale_model": ["2", 0], "vae": ["3", 2]}},
+        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 1], "vae": ["3", 2]}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "vae"}},
+    }
+    server.run_prompt(harness.with_unique_prefix(first))
+    before = server.get("/realesrgan_tiled/health")["host_loaded_models"]
+    assert "AutoencoderKL" in before and "upscaler: realesr-animevideov3-x2" in before, before
+
+    # the same graph plus an x4plus branch: the checkpoint's outputs stay cached, hence alive
+    # (a prompt without them lets ComfyUI drop its models as garbage, which is not an eviction)
+    second = dict(first, **{
+        "7": {"class_type": "RealESRGAN_LoadUpscaleModel", "inputs": {"model_name": "bundled/RealESRGAN_x4plus"}},
+        "8": {"class_type": "RealESRGAN_UpscaleImageTiled",
+              "inputs": {"upscale_model": ["7", 0], "image": ["1", 0], "tile_size": 0, "overlap": 0,
+                         "precision": "auto"}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "x4"}},
+    })
+    entry = server.run_prompt(harness.with_unique_prefix(second))
+    health = server.get("/realesrgan_tiled/health")
+    after = health["host_loaded_models"]
+    assert all(after.count(name) >= before.count(name) for name in set(before)), (before, after)  # nothing evicted
+    assert "upscaler: RealESRGAN_x4plus" in after, after  # loaded through the manager, and kept there
+    asked = health["last_run"]["room_asked_bytes"]
+    assert 0 < asked < CORE_ROOM_X4 / 10, asked  # the engine's working set for 32x24, not core's 4.8 GB
+    (got,) = server.output_images(entry, "9")
+    expect_close(got, harness.cpu_upscale(bundled("RealESRGAN_x4plus"), input_image)[0])
+
+
 # ---------------------------------------------------------------- more host behaviour
 
 def tiled_prompt(image="example.png", model="bundled/realesr-animevideov3-x2", tile_size=0):
