@@ -135,10 +135,11 @@ def _place(model, device: torch.device, host: Host) -> None:
     after asking the host for room for the weights."""
     if host.place_model is not None:
         host.place_model(device, 0)
-    else:
-        if host.make_room is not None:
-            host.make_room(device, _weight_bytes(model))
-        model.to(device)
+    elif host.make_room is not None:
+        host.make_room(device, _weight_bytes(model))
+    # after the manager's load a no-op, unless another node moved the model behind its back
+    # (ComfyUI 0.3's core upscale node ends with .to("cpu")), which the manager cannot see
+    model.to(device)
     model.eval()
 
 

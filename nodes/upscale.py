@@ -127,6 +127,7 @@ class InterpolateUpscaleModels:
 
     def interpolate(self, model_a, model_b, weight):
         descriptor = interpolate(model_a, model_b, float(weight))
+        descriptor.to(_host.offload_device())  # a model manager may hold model_a on the GPU: the blend is new to it
         descriptor.realesrgan_tiled_name = f"{model_label(model_a)} x{1 - weight:g} + {model_label(model_b)} x{weight:g}"
         _host.attach_patcher(descriptor)
         return (descriptor,)
