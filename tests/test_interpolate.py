@@ -12,7 +12,7 @@ from realesrgan_tiled.cli import main as cli_main
 from realesrgan_tiled.errors import ModelLoadError
 from realesrgan_tiled.interpolate import interpolate, network_of
 from realesrgan_tiled.loading import load_model
-from realesrgan_tiled.nodes import NODE_CLASS_MAPPINGS
+from realesrgan_tiled.nodes.upscale import interpolate_upscale_models
 
 from .conftest import photo, upscaled
 from .model_fixtures import save, srvgg_state
@@ -84,8 +84,7 @@ def test_constant_output_is_refused(tmp_path):
 
 
 def test_node_and_cli_give_the_same_blend(real_compact, other_compact, tmp_path):
-    node = NODE_CLASS_MAPPINGS["RealESRGAN_InterpolateUpscaleModels"]()
-    (blended,) = node.interpolate(real_compact, other_compact, 0.25)
+    blended = interpolate_upscale_models(real_compact, other_compact, 0.25)
     assert torch.equal(network_of(blended).state_dict()["body.3.weight"],
                        network_of(interpolate(real_compact, other_compact, 0.25)).state_dict()["body.3.weight"])
     # the CLI: --model A --interpolate B --interpolate-weight W

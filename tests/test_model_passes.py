@@ -13,7 +13,7 @@ from realesrgan_tiled.cli import main as cli_main
 from realesrgan_tiled.engine.settings import MAX_AUTO_PASSES, model_passes
 from realesrgan_tiled.errors import InputImageError
 from realesrgan_tiled.loading import load_model
-from realesrgan_tiled.nodes.upscale import HiresFixUpscale
+from realesrgan_tiled.nodes.upscale import hires_fix_upscale
 from realesrgan_tiled.resize import resize_images
 
 from .conftest import photo, run_engine, upscaled
@@ -57,9 +57,8 @@ def test_two_passes_equal_the_model_run_twice_then_resampled(x2):
 
 def test_hires_node_default_is_one_pass_and_auto_reports_the_passes(x2):
     image = photo("astronaut", (16, 16))
-    node = HiresFixUpscale()
-    out_default, _, report_default = node.upscale(image, 4.0, 0, 0, "lanczos", 8, upscale_model=x2)
-    out_auto, _, report_auto = node.upscale(image, 4.0, 0, 0, "lanczos", 8, upscale_model=x2, model_passes="auto")
+    out_default, _, report_default = hires_fix_upscale(image, 4.0, 0, 0, "lanczos", 8, upscale_model=x2)
+    out_auto, _, report_auto = hires_fix_upscale(image, 4.0, 0, 0, "lanczos", 8, upscale_model=x2, model_passes="auto")
     assert out_default.shape == out_auto.shape == (1, 64, 64, 3)
     assert "model passes" not in report_default and "(2 model passes," in report_auto
     expected = resize_images(upscaled(x2, upscaled(x2, image)), (64, 64), "lanczos")

@@ -9,16 +9,15 @@ import types
 import pytest
 import torch
 
-from realesrgan_tiled import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from realesrgan_tiled.errors import ModelLoadError, RealESRGANTiledError
 from realesrgan_tiled.nodes import _host
 from realesrgan_tiled.nodes import upscale as upscale_module
 from realesrgan_tiled.nodes.upscale import (
-    HiresFixUpscale,
-    LoadUpscaleModel,
-    UpscaleImageTiled,
+    hires_fix_upscale,
     hires_target_size,
+    load_upscale_model,
     round_to_multiple,
+    upscale_image_tiled,
 )
 from realesrgan_tiled.resize import resize_images
 
@@ -84,39 +83,17 @@ def anime_x2():
     return load_model(bundled_model_path("realesr-animevideov3-x2"))
 
 
-def test_registration_contract():
-    assert NODE_DISPLAY_NAME_MAPPINGS == {
-        "RealESRGAN_LoadUpscaleModel": "Load Upscale Model (Real-ESRGAN)",
-        "RealESRGAN_UpscaleImageTiled": "Upscale Image Tiled (Real-ESRGAN)",
-        "RealESRGAN_HiresFixUpscale": "Hires-Fix Upscale (Real-ESRGAN)",
-        "RealESRGAN_InterpolateUpscaleModels": "Interpolate Upscale Models (Real-ESRGAN)",
-    }
-    assert set(NODE_CLASS_MAPPINGS) == set(NODE_DISPLAY_NAME_MAPPINGS)
-    for cls in NODE_CLASS_MAPPINGS.values():
-        assert cls.CATEGORY == "image/upscaling"
-        assert callable(getattr(cls, cls.FUNCTION))
-    tiled = UpscaleImageTiled.INPUT_TYPES()["required"]
-    assert list(tiled) == ["upscale_model", "image", "tile_size", "overlap", "precision"]
-    assert tiled["precision"][0] == ["auto", "fp32", "fp16", "bf16"]
-    hires = HiresFixUpscale.INPUT_TYPES()
-    assert list(hires["required"]) == ["image", "scale_by", "width", "height", "resample", "multiple_of"]
-    assert list(hires["optional"]) == ["upscale_model", "vae", "model_passes"]  # optional: old workflows validate
-    assert hires["optional"]["model_passes"][1]["default"] == "1"  # and keep their results
-    assert hires["required"]["scale_by"][1]["default"] == 2.0 and hires["required"]["multiple_of"][1]["default"] == 8
-    assert HiresFixUpscale.RETURN_TYPES == ("IMAGE", "LATENT", "STRING")
-    assert LoadUpscaleModel.RETURN_TYPES == ("UPSCALE_MODEL",)
-
-
-def test_package_import_pulls_in_no_comfyui():
+def test_package_import_pulls_in_no_comfyui_and_names_the_version_it_needs():
     import subprocess
 
-    code = ("import sys, realesrgan_tiled; "
-            "assert 'realesrgan_tiled.nodes' not in sys.modules, 'the nodes load only when a host asks for them'; "
-            "n = len(realesrgan_tiled.NODE_CLASS_MAPPINGS); "
-            "bad = [m for m in sys.modules if m in ('comfy', 'folder_paths', 'nodes') or m.startswith('comfy.')]; "
-            "assert not bad, bad; print(n)")
+    code = ("import sys, realesrgan_tiled\n"
+            "assert 'realesrgan_tiled.nodes' not in sys.modules, 'the nodes load only when a host asks for them'\n"
+            "try:\n    realesrgan_tiled.comfy_entrypoint\nexcept ImportError as e:\n    print(e)\n"
+            "bad = [m for m in sys.modules if m in ('comfy', 'folder_paths', 'nodes') or m.startswith('comfy')]\n"
+            "assert not bad, bad")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert res.returncode == 0 and res.stdout.strip() == "4", res.stderr
+    assert res.returncode == 0, res.stderr
+    assert "need ComfyUI 0.3.64 or newer" in res.stdout and "comfy_api" in res.stdout, res.stdout
 
 
 @pytest.mark.parametrize("h, w, scale, tw, th, mult, expected", [
@@ -149,23 +126,22 @@ def test_model_list_bundled_first_ncnn_param_without_bin(fake_comfy):
     assert set(names[:5]) == {f"bundled/{n}" for n in ("RealESRGAN_x4plus", "RealESRGAN_x4plus_anime_6B",
                                                         "realesr-animevideov3-x4", "realesr-animevideov3-x3",
                                                         "realesr-animevideov3-x2")}
-    assert LoadUpscaleModel.INPUT_TYPES()["required"]["model_name"][0] == names
 
 
 def test_loader_bundled_and_errors_name_the_file(fake_comfy):
-    (model,) = LoadUpscaleModel().load_model("bundled/realesr-animevideov3-x2")
+    model = load_upscale_model("bundled/realesr-animevideov3-x2")
     assert model.scale == 2 and model.realesrgan_tiled_name == "realesr-animevideov3-x2"
     (fake_comfy["models_dir"] / "broken.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelLoadError, match="broken.pth"):
-        LoadUpscaleModel().load_model("broken.pth")
+        load_upscale_model("broken.pth")
     with pytest.raises(ModelLoadError, match="missing.safetensors"):
-        LoadUpscaleModel().load_model("missing.safetensors")
+        load_upscale_model("missing.safetensors")
 
 
 def test_tiled_node_matches_engine_rgba_and_reports_progress(fake_comfy, anime_x2):
     img = photo(size=(24, 32))
     rgba = torch.cat([img, torch.linspace(0, 1, 32).expand(1, 24, 32).unsqueeze(-1)], -1)
-    (out,) = UpscaleImageTiled().upscale(anime_x2, rgba, 16, 0, "auto")
+    out = upscale_image_tiled(anime_x2, rgba, 16, 0, "auto")
     assert out.shape == (1, 48, 64, 4)
     expected = upscaled(anime_x2, rgba, tile_size=16, device="cpu")
     assert torch.equal(out, expected)
@@ -176,7 +152,7 @@ def test_tiled_node_matches_engine_rgba_and_reports_progress(fake_comfy, anime_x
 def test_tiled_cancel_is_raised_and_model_offloaded(fake_comfy, anime_x2):
     fake_comfy["interrupt_after"] = 2
     with pytest.raises(Interrupted):
-        UpscaleImageTiled().upscale(anime_x2, photo(size=(48, 48)), 16, 0, "fp32")
+        upscale_image_tiled(anime_x2, photo(size=(48, 48)), 16, 0, "fp32")
     assert next(anime_x2.model.parameters()).device.type == "cpu"
 
 
@@ -191,7 +167,7 @@ def test_the_model_manager_loads_the_model_where_the_host_can(fake_comfy, anime_
 
     monkeypatch.setattr(mm, "load_models_gpu", load_models_gpu, raising=False)
     monkeypatch.setattr(anime_x2, "patcher", object(), raising=False)
-    out = UpscaleImageTiled().upscale(anime_x2, photo(size=(24, 32)), 0, 0, "fp32")[0]
+    out = upscale_image_tiled(anime_x2, photo(size=(24, 32)), 0, 0, "fp32")
     asked = upscale_module.HEALTH.last_run["room_asked_bytes"]
     assert calls == [([anime_x2.patcher], 0, True), ([anime_x2.patcher], asked, True)] and asked > 0
     assert torch.equal(out, upscaled(anime_x2, photo(size=(24, 32)), device="cpu"))
@@ -200,14 +176,14 @@ def test_the_model_manager_loads_the_model_where_the_host_can(fake_comfy, anime_
         calls.append("old")
 
     monkeypatch.setattr(mm, "load_models_gpu", old_load_models_gpu)
-    UpscaleImageTiled().upscale(anime_x2, photo(size=(24, 32)), 0, 0, "fp32")
+    upscale_image_tiled(anime_x2, photo(size=(24, 32)), 0, 0, "fp32")
     assert "old" not in calls
 
 
 def test_hires_model_path_report(fake_comfy, anime_x2):
     anime_x2.realesrgan_tiled_name = "realesr-animevideov3-x2"
     img = photo(size=(24, 32))
-    out, latent, report = HiresFixUpscale().upscale(img, 1.5, 0, 0, "lanczos", 8, upscale_model=anime_x2)
+    out, latent, report = hires_fix_upscale(img, 1.5, 0, 0, "lanczos", 8, upscale_model=anime_x2)
     assert out.shape == (1, 40, 48, 3)
     assert report.startswith("model realesr-animevideov3-x2: 32x24 -> 48x40"), report
     assert latent is None  # no ComfyUI: no ExecutionBlocker to return (in ComfyUI, consumers are blocked)
@@ -242,7 +218,7 @@ class FailingModel:
 def test_hires_falls_back_on_any_model_failure(fake_comfy, exc, caplog):
     """The real engine around a network that fails: the node still returns the exact size."""
     img = photo(size=(24, 32))
-    out, _, report = HiresFixUpscale().upscale(img, 2.0, 0, 0, "bicubic", 8, upscale_model=FailingModel(exc))
+    out, _, report = hires_fix_upscale(img, 2.0, 0, 0, "bicubic", 8, upscale_model=FailingModel(exc))
     assert report.startswith("bicubic fallback ("), report
     assert ": 32x24 -> 64x48; " in report
     assert torch.equal(out, resize_images(img, (48, 64), "bicubic"))
@@ -260,19 +236,19 @@ def test_hires_fallback_reason_text(fake_comfy, monkeypatch, anime_x2, exc, reas
         raise exc
 
     monkeypatch.setattr(upscale_module, "run_model", fail)
-    _, _, report = HiresFixUpscale().upscale(photo(size=(24, 32)), 2.0, 0, 0, "lanczos", 8, upscale_model=anime_x2)
+    _, _, report = hires_fix_upscale(photo(size=(24, 32)), 2.0, 0, 0, "lanczos", 8, upscale_model=anime_x2)
     assert report.startswith(f"lanczos fallback ({reason}): 32x24 -> 64x48; {type(exc).__name__}: "), report
 
 
 def test_hires_without_model_and_rgba(fake_comfy):
     rgba = torch.rand(2, 24, 32, 4)
-    out, _, report = HiresFixUpscale().upscale(rgba, 2.0, 0, 0, "lanczos", 8)
+    out, _, report = hires_fix_upscale(rgba, 2.0, 0, 0, "lanczos", 8)
     assert out.shape == (2, 48, 64, 4)
     assert report == "lanczos fallback (no upscale model connected): 32x24 -> 64x48 (batch of 2)"
 
 
 def test_hires_does_not_run_model_for_a_downscale(fake_comfy):
-    out, _, report = HiresFixUpscale().upscale(photo(size=(24, 32)), 0.5, 0, 0, "area", 8,
+    out, _, report = hires_fix_upscale(photo(size=(24, 32)), 0.5, 0, 0, "area", 8,
                                                upscale_model=FailingModel(RuntimeError("must not run")))
     assert out.shape == (1, 16, 16, 3) and report.startswith("area: 32x24 -> 16x16"), report
 
@@ -280,7 +256,7 @@ def test_hires_does_not_run_model_for_a_downscale(fake_comfy):
 def test_hires_cancel_is_not_swallowed(fake_comfy, anime_x2):
     fake_comfy["interrupt_after"] = 0
     with pytest.raises(Interrupted):
-        HiresFixUpscale().upscale(photo(size=(24, 32)), 2.0, 0, 0, "lanczos", 8, upscale_model=anime_x2)
+        hires_fix_upscale(photo(size=(24, 32)), 2.0, 0, 0, "lanczos", 8, upscale_model=anime_x2)
 
 
 def test_hires_encodes_latent_with_vae_from_rgb(fake_comfy, anime_x2):
@@ -292,7 +268,7 @@ def test_hires_encodes_latent_with_vae_from_rgb(fake_comfy, anime_x2):
             return torch.zeros(pixels.shape[0], 4, pixels.shape[1] // 8, pixels.shape[2] // 8)
 
     rgba = torch.rand(1, 24, 32, 4)
-    out, latent, _ = HiresFixUpscale().upscale(rgba, 2.0, 0, 0, "lanczos", 8, upscale_model=anime_x2, vae=Vae())
+    out, latent, _ = hires_fix_upscale(rgba, 2.0, 0, 0, "lanczos", 8, upscale_model=anime_x2, vae=Vae())
     assert seen["shape"] == (1, 48, 64, 3) and latent["samples"].shape == (1, 4, 6, 8)
 
 

@@ -32,6 +32,12 @@ OUTPUTS = {
 }
 
 
+def combo_options(spec: list) -> list:
+    """A combo input's choices in /object_info: ["COMBO", {"options": [...]}] for V3 nodes (ours,
+    and core's newer ones), [[...], {...}] for V1 nodes."""
+    return spec[1]["options"] if spec[0] == "COMBO" else spec[0]
+
+
 def expect_close(got: np.ndarray, expected_tensor: torch.Tensor, min_psnr=45.0, max_abs=2):
     """ComfyUI's saved PNG vs the engine's float result quantized the way SaveImage does."""
     expected = harness.comfy_save_quantize(expected_tensor)
@@ -54,15 +60,20 @@ def test_nodes_registered_without_import_errors(server, object_info):
         names = list(info["input"]["required"]) + list(info["input"].get("optional", {}))
         assert names == INPUTS[node_id]
         assert info["output"] == OUTPUTS[node_id]
+        assert info["deprecated"] is False and info["experimental"] is False  # V3 schema nodes (V1 have neither)
     hires = object_info["RealESRGAN_HiresFixUpscale"]["input"]
     assert hires["required"]["scale_by"][1]["default"] == 2.0
     assert hires["required"]["multiple_of"][1]["default"] == 8
-    assert hires["required"]["resample"][0] == ["lanczos", "bicubic", "area", "bilinear", "nearest-exact"]
-    assert object_info["RealESRGAN_UpscaleImageTiled"]["input"]["required"]["precision"][0] == ["auto", "fp32", "fp16", "bf16"]
+    assert combo_options(hires["required"]["resample"]) == ["lanczos", "bicubic", "area", "bilinear", "nearest-exact"]
+    assert combo_options(hires["optional"]["model_passes"]) == ["1", "auto", "2", "3", "4"]
+    assert hires["optional"]["model_passes"][1]["default"] == "1"
+    tiled = object_info["RealESRGAN_UpscaleImageTiled"]["input"]["required"]
+    assert combo_options(tiled["precision"]) == ["auto", "fp32", "fp16", "bf16"]
+    assert object_info["RealESRGAN_HiresFixUpscale"]["output_name"] == ["image", "latent", "report"]
 
 
 def test_model_list_has_bundled_models_and_ncnn_param_not_bin(object_info):
-    names = object_info["RealESRGAN_LoadUpscaleModel"]["input"]["required"]["model_name"][0]
+    names = combo_options(object_info["RealESRGAN_LoadUpscaleModel"]["input"]["required"]["model_name"])
     assert names[0] == "bundled/RealESRGAN_x4plus"
     for n in ("RealESRGAN_x4plus", "RealESRGAN_x4plus_anime_6B", "realesr-animevideov3-x2",
               "realesr-animevideov3-x3", "realesr-animevideov3-x4"):
@@ -70,9 +81,10 @@ def test_model_list_has_bundled_models_and_ncnn_param_not_bin(object_info):
     assert "ncnn/animevideov3-x2.param" in names
     assert "ncnn/animevideov3-x2.bin" not in names
     # core's loader keeps its own list: we did not add .param to the shared extension set
-    core = object_info["UpscaleModelLoader"]["input"]["required"]["model_name"][0]
-    assert not any(n.endswith(".param") for n in core)
-    assert not any(n.endswith(".param") for n in object_info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0])
+    core = combo_options(object_info["UpscaleModelLoader"]["input"]["required"]["model_name"])
+    assert "broken.safetensors" in core and not any(n.endswith(".param") for n in core)
+    checkpoints = combo_options(object_info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"])
+    assert not any(n.endswith(".param") for n in checkpoints)
 
 
 def test_example_workflows_listed_and_twinned(server):
