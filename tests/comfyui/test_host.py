@@ -149,6 +149,24 @@ def test_example_hires_fix_ksampler_validates_except_checkpoint(server):
     assert "ckpt_name" in json.dumps(errors)
 
 
+def test_example_hires_fix_ksampler_runs_with_a_checkpoint(server, sd15_checkpoint):
+    """The same graph with a (random-weight) SD1.5 checkpoint, shrunk to a 64 px first pass and 2
+    steps a pass: KSampler -> VAE decode -> our Hires-Fix with the VAE -> LATENT -> a second
+    KSampler -> decode. Our node's LATENT is what the second KSampler samples from."""
+    prompt = harness.with_unique_prefix(harness.load_api("hires_fix_ksampler"))
+    (loader,) = harness.nodes_of(prompt, "CheckpointLoaderSimple")
+    prompt[loader]["inputs"]["ckpt_name"] = sd15_checkpoint
+    (empty,) = harness.nodes_of(prompt, "EmptyLatentImage")
+    prompt[empty]["inputs"].update(width=64, height=64)
+    for node in harness.nodes_of(prompt, "KSampler"):
+        prompt[node]["inputs"]["steps"] = 2
+    entry = server.run_prompt(prompt, timeout=600)
+    (got,) = server.output_images(entry, harness.nodes_of(prompt, "SaveImage")[0])
+    assert got.shape == (128, 128, 3)
+    report = server.output_text(entry, harness.nodes_of(prompt, "PreviewAny")[0])
+    assert report.startswith("model RealESRGAN_x4plus: 64x64 -> 128x128"), report
+
+
 def test_interpolated_model_and_model_passes(server, input_image, bundled):
     """The interpolation node feeds the hires-fix node, which runs the x2 blend twice for x4
     (model_passes auto) and says so; checked against the blend and two passes done here."""
