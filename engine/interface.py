@@ -19,12 +19,12 @@ class Host:
     check_cancel: Callable[[], None] | None = None  # raises to stop; runs before every tile and window
     output_device: torch.device | str = "cpu"  # where the result goes
     output_dtype: torch.dtype = torch.float32
-    offload_device: torch.device | str = "cpu"  # where the model goes afterwards, even on error or cancel
+    offload_device: torch.device | str = "cpu"  # where the model goes afterwards, even on error or cancel (unless place_model)
     free_memory: Callable[[torch.device], int] = available_memory  # bytes free on a device now
     make_room: Callable[[torch.device, int], None] | None = None  # asked to free this many bytes before the run
     # A model manager that owns the model's placement (ComfyUI's): asked to put the model on the
-    # device with room for this many working-set bytes beside it. The engine then never moves the
-    # model itself, and it stays on the device after the run until the manager evicts it.
+    # device with room for this many working-set bytes beside it. The engine then never offloads
+    # the model: it stays on the device after the run until the manager evicts it.
     place_model: Callable[[torch.device, int], None] | None = None
     is_oom: Callable[[BaseException], bool] | None = None  # the host's own out-of-memory test, besides ours
     progress_interval: float = 0.25  # at least this many seconds between progress reports within a tile
