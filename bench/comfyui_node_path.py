@@ -169,7 +169,7 @@ def time_prompt(server, prompt: dict, timeout: float) -> dict:
 
 
 def our_listing(object_info: dict, model_file: str) -> str:
-    names = object_info["RealESRGAN_LoadUpscaleModel"]["input"]["required"]["model_name"][0]
+    names = harness.combo_options(object_info["RealESRGAN_LoadUpscaleModel"]["input"]["required"]["model_name"])
     if model_file in names:
         return model_file
     tail = [n for n in names if n.replace("\\", "/").split("/")[-1] == model_file]
@@ -179,8 +179,7 @@ def our_listing(object_info: dict, model_file: str) -> str:
 
 
 def core_listing(object_info: dict, model_file: str) -> str:
-    spec = object_info["UpscaleModelLoader"]["input"]["required"]["model_name"]
-    names = spec[0] if isinstance(spec[0], list) else spec[1].get("options", [])  # V1 list or V3 COMBO options
+    names = harness.combo_options(object_info["UpscaleModelLoader"]["input"]["required"]["model_name"])
     if model_file not in names:
         raise SystemExit(f"core's UpscaleModelLoader does not list {model_file}: {names}")
     return model_file

@@ -139,13 +139,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 class ComfyServer(HostServer):
     label, ready_path = "ComfyUI", "/system_stats"
 
-    def __init__(self, comfy_dir: Path, python: Path, base: Path):
+    def __init__(self, comfy_dir: Path, python: Path, base: Path, device_args: tuple[str, ...] = ("--cpu",)):
         super().__init__(comfy_dir, base / "comfyui.log")
         self.comfy_dir, self.python, self.base = comfy_dir, python, base
+        self.device_args = device_args  # () on a GPU machine: ComfyUI's own device choice
         self.client_id = uuid.uuid4().hex
 
     def command(self) -> list[str]:
-        return [str(self.python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        return [str(self.python), "main.py", *self.device_args, "--listen", "127.0.0.1", "--port", str(self.port),
                 "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:",
                 *os.environ.get("COMFYUI_EXTRA_ARGS", "").split()]  # e.g. --front-end-root DIR: another frontend
 
@@ -227,6 +228,12 @@ def load_api(name: str) -> dict:
 
 def example_names() -> list[str]:
     return sorted(p.stem for p in EXAMPLES_DIR.glob("*.json"))
+
+
+def combo_options(spec: list) -> list:
+    """A combo input's choices in /object_info: ["COMBO", {"options": [...]}] for V3 nodes (ours,
+    and core's newer ones), [[...], {...}] for V1 nodes."""
+    return spec[1]["options"] if spec[0] == "COMBO" else spec[0]
 
 
 def with_unique_prefix(prompt: dict) -> dict:

@@ -32,12 +32,6 @@ OUTPUTS = {
 }
 
 
-def combo_options(spec: list) -> list:
-    """A combo input's choices in /object_info: ["COMBO", {"options": [...]}] for V3 nodes (ours,
-    and core's newer ones), [[...], {...}] for V1 nodes."""
-    return spec[1]["options"] if spec[0] == "COMBO" else spec[0]
-
-
 def expect_close(got: np.ndarray, expected_tensor: torch.Tensor, min_psnr=45.0, max_abs=2):
     """ComfyUI's saved PNG vs the engine's float result quantized the way SaveImage does."""
     expected = harness.comfy_save_quantize(expected_tensor)
@@ -64,16 +58,16 @@ def test_nodes_registered_without_import_errors(server, object_info):
     hires = object_info["RealESRGAN_HiresFixUpscale"]["input"]
     assert hires["required"]["scale_by"][1]["default"] == 2.0
     assert hires["required"]["multiple_of"][1]["default"] == 8
-    assert combo_options(hires["required"]["resample"]) == ["lanczos", "bicubic", "area", "bilinear", "nearest-exact"]
-    assert combo_options(hires["optional"]["model_passes"]) == ["1", "auto", "2", "3", "4"]
+    assert harness.combo_options(hires["required"]["resample"]) == ["lanczos", "bicubic", "area", "bilinear", "nearest-exact"]
+    assert harness.combo_options(hires["optional"]["model_passes"]) == ["1", "auto", "2", "3", "4"]
     assert hires["optional"]["model_passes"][1]["default"] == "1"
     tiled = object_info["RealESRGAN_UpscaleImageTiled"]["input"]["required"]
-    assert combo_options(tiled["precision"]) == ["auto", "fp32", "fp16", "bf16"]
+    assert harness.combo_options(tiled["precision"]) == ["auto", "fp32", "fp16", "bf16"]
     assert object_info["RealESRGAN_HiresFixUpscale"]["output_name"] == ["image", "latent", "report"]
 
 
 def test_model_list_has_bundled_models_and_ncnn_param_not_bin(object_info):
-    names = combo_options(object_info["RealESRGAN_LoadUpscaleModel"]["input"]["required"]["model_name"])
+    names = harness.combo_options(object_info["RealESRGAN_LoadUpscaleModel"]["input"]["required"]["model_name"])
     assert names[0] == "bundled/RealESRGAN_x4plus"
     for n in ("RealESRGAN_x4plus", "RealESRGAN_x4plus_anime_6B", "realesr-animevideov3-x2",
               "realesr-animevideov3-x3", "realesr-animevideov3-x4"):
@@ -81,9 +75,9 @@ def test_model_list_has_bundled_models_and_ncnn_param_not_bin(object_info):
     assert "ncnn/animevideov3-x2.param" in names
     assert "ncnn/animevideov3-x2.bin" not in names
     # core's loader keeps its own list: we did not add .param to the shared extension set
-    core = combo_options(object_info["UpscaleModelLoader"]["input"]["required"]["model_name"])
+    core = harness.combo_options(object_info["UpscaleModelLoader"]["input"]["required"]["model_name"])
     assert "broken.safetensors" in core and not any(n.endswith(".param") for n in core)
-    checkpoints = combo_options(object_info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"])
+    checkpoints = harness.combo_options(object_info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"])
     assert not any(n.endswith(".param") for n in checkpoints)
 
 
