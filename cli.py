@@ -134,9 +134,10 @@ def _cmd_finetune(args) -> int:
 
 
 def _cmd_info(args) -> int:
+    from .bundled_models import model_path
     from .loading import load_model, model_info
 
-    info = model_info(load_model(_resolve_model(args.model), act_type=args.act))
+    info = model_info(load_model(model_path(args.model), act_type=args.act))
     if args.json:
         print(json.dumps(info))
     else:
@@ -145,13 +146,8 @@ def _cmd_info(args) -> int:
     return 0
 
 
-def _resolve_model(name: str | None) -> Path:
-    from .bundled_models import model_path
-
-    return model_path(name)
-
-
 def _cmd_upscale(args) -> int:
+    from .bundled_models import model_path
     from .engine import Choices
     from .errors import InputImageError
     from .image_files import collect_inputs
@@ -168,11 +164,11 @@ def _cmd_upscale(args) -> int:
         passes="auto" if args.passes == "auto" else _positive_int(args.passes, "--passes", "a whole number or 'auto'"),
         backend=args.backend,
     )
-    model = load_model(_resolve_model(args.model), act_type=args.act)
+    model = load_model(model_path(args.model), act_type=args.act)
     if args.interpolate is not None:
         from .interpolate import interpolate
 
-        model = interpolate(model, load_model(_resolve_model(args.interpolate), act_type=args.act), args.interpolate_weight)
+        model = interpolate(model, load_model(model_path(args.interpolate), act_type=args.act), args.interpolate_weight)
     paths = collect_inputs(args.inputs)
     if not paths:
         raise InputImageError("no input images found")

@@ -136,10 +136,11 @@ def _cache_key(key: tuple) -> str:
     import ncnn
 
     arch, shape, threads = key
-    return f"{arch} {'/'.join(map(str, shape))} | {threads} threads | {_cpu_name()} | torch {torch.__version__} | ncnn {ncnn.__version__}"
+    return f"{arch} {'/'.join(map(str, shape))} | {threads} threads | {cpu_name()} | torch {torch.__version__} | ncnn {ncnn.__version__}"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """This CPU's model name (what the measured choice and the benches are tied to)."""
     try:
         with open("/proc/cpuinfo") as f:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))

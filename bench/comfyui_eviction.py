@@ -18,24 +18,14 @@ card's free memory with --reserve-vram (ComfyUI's own option), e.g. the card's m
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import comfyui_node_path as node_path  # beside this script: its setup, graphs and listings
 
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = sys.modules[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-node_path = _load("comfyui_node_path", ROOT / "bench" / "comfyui_node_path.py")
 harness = node_path.harness
 MODEL = "RealESRGAN_x4plus"
 CHECKPOINT = "random_sd15_fp16.safetensors"

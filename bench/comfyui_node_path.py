@@ -99,16 +99,6 @@ def comfy_version(comfy_dir: Path) -> str:
     return res.stdout.strip() or "unknown"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def server_threads(health: dict | None, python: Path) -> tuple[int | None, str]:
     """torch's thread count in the server: from the health report's measured CPU backends
     ("... (N threads)") when there are any, else a fresh process of the server's Python."""
@@ -289,8 +279,10 @@ def main(argv=None) -> int:
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
+    from realesrgan_tiled.archs.backend import cpu_name
+
     summary = summarize(runs)
-    machine = {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+    machine = {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
                "python": platform.python_version(), "server_torch_threads": threads, "server_torch_threads_from": threads_from}
     version = comfy_version(comfy_dir)
     print()
