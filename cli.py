@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from .archs import ACT_TYPES
-from .archs.backend import BACKENDS
 from .engine import PRECISIONS
 from .errors import RealESRGANTiledError
+from .runtimes.backend import BACKENDS
 
 EXIT_USER_ERROR = 2
 
@@ -134,8 +134,8 @@ def _cmd_finetune(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from .bundled_models import model_path
     from .loading import load_model, model_info
+    from .loading.bundled import model_path
 
     info = model_info(load_model(model_path(args.model), act_type=args.act))
     if args.json:
@@ -147,11 +147,11 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_upscale(args) -> int:
-    from .bundled_models import model_path
     from .engine import Choices
     from .errors import InputImageError
-    from .image_files import collect_inputs
     from .loading import load_model
+    from .loading.bundled import model_path
+    from .media.images import collect_inputs
 
     if (args.width is None) != (args.height is None):
         raise InputImageError("--width and --height go together")
@@ -166,7 +166,7 @@ def _cmd_upscale(args) -> int:
     )
     model = load_model(model_path(args.model), act_type=args.act)
     if args.interpolate is not None:
-        from .interpolate import interpolate
+        from .loading.interpolate import interpolate
 
         model = interpolate(model, load_model(model_path(args.interpolate), act_type=args.act), args.interpolate_weight)
     paths = collect_inputs(args.inputs)
@@ -190,7 +190,7 @@ def _upscale_file(path: Path, model, choices, args, written: set[str]) -> None:
     needs, so at most the float result and the PNG's pixels live at once, and nothing of this
     image is alive (the locals die here) while the next one is read and upscaled."""
     from .engine import Host, upscale
-    from .image_files import png_array, read_image, write_png_array
+    from .media.images import png_array, read_image, write_png_array
 
     image = read_image(path)
     with _progress_bar(path.name, args.quiet) as update:

@@ -1,9 +1,10 @@
-"""What every architecture package provides, and the descriptor our networks travel in.
+"""What every architecture package provides.
 
 An architecture package (``archs/rrdbnet``, ``archs/srvgg``) holds the plain network, its key
-layouts and detection (``keys.py``), its inference plan (``inference.py``), its ncnn graph
-pattern (``ncnn_pattern.py``) and, in ``__init__.py``, one ``OurArchitecture``: descriptor build
-and cost profile. The engine and the loaders reach a network only through this interface.
+layouts and detection (``keys.py``), its torch inference plan (``inference.py``) and, in
+``__init__.py``, one ``OurArchitecture``: build, tags, overlap and cost profile. Nothing here
+imports the rooms above (loading, runtimes, the engine, hosts); they reach a network through
+this interface.
 """
 from __future__ import annotations
 
@@ -14,9 +15,6 @@ from typing import ClassVar
 import torch
 
 from ..errors import ModelLoadError
-from ..spandrel_import import Architecture, ImageModelDescriptor, SizeRequirements
-from .backend import current as current_backend
-from .output_resize import OutputResize
 
 
 @dataclass
@@ -43,42 +41,22 @@ class Cost:
         return self.fixed + self.per_pixel * pixels
 
 
-class OurArchitecture(Architecture):
-    """One of our networks, usable as a spandrel ``Architecture`` too (``detect`` / ``load``)."""
+class OurArchitecture:
+    """One of our networks: reading its keys, building it, its torch plan, overlap and cost.
+    What runs it elsewhere (ncnn: ``runtimes/ncnn/``) and what carries it to hosts (the
+    spandrel descriptor: ``loading/descriptor.py``) live above it and look it up by ``name``."""
 
     network_class: ClassVar[type[torch.nn.Module]]
     plan_class: ClassVar[type]  # the torch plan: ``for_device(device)`` gives the device's default
-    ncnn_plan_class: ClassVar[type | None] = None  # the ncnn backend's plan, if the network has one
     build_keys: ClassVar[tuple[str, ...]]  # hyperparameters the network's constructor takes
 
     def __init__(self, name: str):
-        super().__init__(id=name, name=name, detect=self._detects)
-
-    # -- keys ---------------------------------------------------------------------------
+        self.name = name
 
     def spec(self, state: dict, act_type: str | None = None) -> ModelSpec | None:
         """This architecture's reading of a canonical-prefix state dict; ``None``: not ours.
         Raises ModelLoadError when the keys say "ours" but the shapes cannot make a network."""
         raise NotImplementedError
-
-    def _spec_of_checkpoint(self, state_dict: dict) -> ModelSpec | None:
-        from ..sniff import unwrap_state_dict  # (sniff imports the architectures)
-
-        return self.spec(unwrap_state_dict(state_dict))
-
-    def _detects(self, state_dict: dict) -> bool:
-        try:
-            return self._spec_of_checkpoint(state_dict) is not None
-        except ModelLoadError:
-            return False
-
-    def load(self, state_dict: dict) -> OurModel:
-        spec = self._spec_of_checkpoint(state_dict)
-        if spec is None:
-            raise ModelLoadError(f"the state dict is not a {self.name}")
-        return self.build(spec)
-
-    # -- build --------------------------------------------------------------------------
 
     def tags(self, hp: dict) -> list[str]:
         raise NotImplementedError
@@ -86,31 +64,20 @@ class OurArchitecture(Architecture):
     def multiple_of(self, hp: dict) -> int:
         return 1
 
-    def build(self, spec: ModelSpec, resize: tuple[float, str] | None = None) -> OurModel:
-        """The network for ``spec`` with its weights checked to fit exactly, wrapped for hosts."""
+    def build_network(self, spec: ModelSpec) -> torch.nn.Module:
+        """The network for ``spec`` with its weights checked to fit exactly."""
         hp = spec.hyperparameters
         net = self.network_class(**{k: hp[k] for k in self.build_keys})
         check_weights_fit(net, spec.state_dict)
         net.load_state_dict(spec.state_dict, strict=True)
-        return OurModel(self, net, hp, spec.key_format, self.tags(hp), self.multiple_of(hp), resize)
+        return net
 
-    # -- running ------------------------------------------------------------------------
-
-    def plan_for(self, device: torch.device, backend: str = "torch"):
-        if backend == "ncnn":
-            return self.ncnn_plan_class()
+    def plan_for(self, device: torch.device):
+        """The torch plan ``device`` runs by default."""
         return self.plan_class.for_device(device)
 
     def torch_plan_walks_windows(self, net: torch.nn.Module, pixels: int) -> bool:
         """Whether the CPU torch plan runs an input of ``pixels`` in windows (else it runs whole)."""
-        raise NotImplementedError
-
-    def probe_key(self, net: torch.nn.Module) -> tuple:
-        """What decides the backends' relative speed (``speed_probe`` is measured once per key)."""
-        raise NotImplementedError
-
-    def speed_probe(self, net: torch.nn.Module) -> dict:
-        """{backend: a callable running the same small, representative piece of ``net``}."""
         raise NotImplementedError
 
     def overlap(self, net: torch.nn.Module) -> int:
@@ -119,80 +86,6 @@ class OurArchitecture(Architecture):
 
     def cost(self, net: torch.nn.Module, plan, element_size: int) -> Cost:
         raise NotImplementedError
-
-
-class OurModel(ImageModelDescriptor):
-    """A spandrel descriptor (ComfyUI's UPSCALE_MODEL) around one of our networks. Calling it
-    (ComfyUI core's node, any spandrel user) runs ``plan``, or the device's default plan;
-    ``network`` is the plain reference network (``model`` adds a fixed resize where the file
-    has one)."""
-
-    def __init__(self, arch: OurArchitecture, net: torch.nn.Module, hp: dict, key_format: str,
-                 tags: list[str], multiple_of: int, resize: tuple[float, str] | None = None):
-        scale = hp["scale"]
-        model: torch.nn.Module = net
-        if resize is not None:
-            factor, mode = resize
-            model = OutputResize(net, factor, mode)
-            scale = _integer_scale(hp["scale"], factor)
-            tags = [*tags, f"resize{factor:g}-{mode}"]
-        model.key_format = key_format  # type: ignore[attr-defined]  # reported by `info`
-        model.hyperparameters = dict(hp, scale=scale)  # type: ignore[attr-defined]
-        model.eval().requires_grad_(False)
-        super().__init__(
-            model,
-            model.state_dict(),
-            architecture=arch,
-            purpose="SR" if scale > 1 else "Restoration",
-            tags=tags,
-            supports_half=True,  # fp16 can overflow on some RRDBNet weights: the engine's NaN guard re-runs those tiles in fp32
-            supports_bfloat16=True,
-            scale=scale,
-            input_channels=hp["num_in_ch"],
-            output_channels=hp["num_out_ch"],
-            size_requirements=SizeRequirements(minimum=1, multiple_of=multiple_of),
-            call_fn=self._infer,
-        )
-        self.network = net
-        self.plan = None  # None: the default plan for the device the input is on
-
-    @property
-    def our_architecture(self) -> OurArchitecture:
-        return self.architecture  # type: ignore[return-value]
-
-    def plan_on(self, device: torch.device, x: torch.Tensor | None = None):
-        """``plan``, or the default plan of the backend that runs now (``archs/backend.py``)."""
-        if self.plan is not None:
-            return self.plan
-        return self.our_architecture.plan_for(device, current_backend(self, device if x is None else x))
-
-    def _infer(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Training (grad enabled) runs the reference graph; inference runs the plan."""
-        if torch.is_grad_enabled():
-            return model(x)
-        y = self.plan_on(x.device, x).run(self.network, x)
-        return model.resize(y) if isinstance(model, OutputResize) else y
-
-    def window_steps(self, device: torch.device, height: int, width: int) -> int:
-        """Windows one forward of an input this size walks on ``device`` (0: it runs whole)."""
-        return self.plan_on(device).window_steps(self.network, height, width)
-
-    def cost(self, device: torch.device, element_size: int) -> Cost:
-        """Peak memory of one tile through this model, for the engine's tile size."""
-        base = self.our_architecture.cost(self.network, self.plan_on(device), element_size)
-        if isinstance(self.model, OutputResize):  # the resized output exists beside the network's
-            return Cost(base.fixed, base.per_pixel + self.output_channels * self.scale**2 * element_size)
-        return base
-
-    def overlap(self) -> int:
-        return self.our_architecture.overlap(self.network)
-
-
-def _integer_scale(scale: int, factor: float) -> int:
-    total = scale * factor
-    if abs(total - round(total)) > 1e-6 or round(total) < 1:
-        raise ModelLoadError(f"a {scale}x network followed by a x{factor} resize is not an integer scale")
-    return int(round(total))
 
 
 # ---- helpers for the key readers ---------------------------------------------------------

@@ -89,8 +89,8 @@ def real_photo(height, width, frames=1):
 
 
 def load(name):
-    from realesrgan_tiled.bundled_models import bundled_model_path
     from realesrgan_tiled.loading import load_model
+    from realesrgan_tiled.loading.bundled import bundled_model_path
 
     return load_model(bundled_model_path(name))
 

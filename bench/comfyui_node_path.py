@@ -65,8 +65,8 @@ def convert_model(name: str, path: Path) -> None:
     """A bundled model as a plain .safetensors state dict, which core's spandrel loader reads too."""
     import safetensors.torch
 
-    from realesrgan_tiled.bundled_models import bundled_model_path
     from realesrgan_tiled.loading import load_model
+    from realesrgan_tiled.loading.bundled import bundled_model_path
 
     m = load_model(bundled_model_path(name))
     safetensors.torch.save_file({k: v.contiguous() for k, v in m.model.state_dict().items()}, str(path))
@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     if cfg is None:
         raise SystemExit("set COMFYUI_DIR and COMFY_PYTHON (see tests/comfyui/conftest.py)")
     comfy_dir, comfy_python = cfg
-    from realesrgan_tiled.bundled_models import BUNDLED
+    from realesrgan_tiled.loading.bundled import BUNDLED
 
     unknown = [m for m in args.models if m not in BUNDLED]
     if unknown:
@@ -279,7 +279,7 @@ def main(argv=None) -> int:
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    from realesrgan_tiled.archs.backend import cpu_name
+    from realesrgan_tiled.runtimes.backend import cpu_name
 
     summary = summarize(runs)
     machine = {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),

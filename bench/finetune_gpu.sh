@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from realesrgan_tiled.bundled_models import bundled_model_path
+from realesrgan_tiled.loading.bundled import bundled_model_path
 from realesrgan_tiled.loading import load_model
 
 source = Path(list(importlib.util.find_spec("stlpips_pytorch").submodule_search_locations)[0]) / "weights/vST0.0"

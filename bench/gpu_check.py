@@ -127,8 +127,9 @@ class Checker:
         return {"passed": value >= 50, "psnr_db": round(value, 2), "precision": precision}
 
     def auto_tile_and_memory(self) -> dict:
+        from realesrgan_tiled.engine.device import call_model
         from realesrgan_tiled.engine.memory import model_cost
-        from realesrgan_tiled.engine.run import HOME_BYTES_PER_OUTPUT_PIXEL, call_model
+        from realesrgan_tiled.engine.run import HOME_BYTES_PER_OUTPUT_PIXEL
 
         model, rows, ok = self.models["RealESRGAN_x4plus"], {}, True
         for side in (self.size(1024, 32), self.size(2048, 48)):  # 2048 x4: 64 x 8192^2 > 2**31 elements
@@ -199,7 +200,7 @@ class Checker:
             pinned_s, _ = self.timed(pinned.copy_, result)
             row = {"top": lines[-16:], "plain_copy_home_s": round(copy_s, 4), "copy_into_pinned_s": round(pinned_s, 4)}
             if self.device.type == "cuda":
-                from realesrgan_tiled.engine.run import _copy_home_pinned
+                from realesrgan_tiled.engine.device import _copy_home_pinned
 
                 row["engine_copy_home_s"] = round(self.timed(_copy_home_pinned, result)[0], 4)
             rows[name] = row
@@ -274,7 +275,7 @@ class Checker:
         """RealESRGAN_x2plus's shapes (random weights: only the time matters)."""
         from realesrgan_tiled.archs.rrdbnet.network import RRDBNet
         from realesrgan_tiled.loading import build_descriptor
-        from realesrgan_tiled.sniff import sniff
+        from realesrgan_tiled.loading.sniff import sniff
 
         torch.manual_seed(0)
         return build_descriptor(sniff(RRDBNet(num_upsample=2, unshuffle=2).state_dict()))
@@ -349,8 +350,8 @@ class Checker:
 
 
 def load_models(folder: Path | None) -> dict:
-    from realesrgan_tiled.bundled_models import BUNDLED, bundled_model_path
     from realesrgan_tiled.loading import load_model
+    from realesrgan_tiled.loading.bundled import BUNDLED, bundled_model_path
 
     if folder is not None:
         return {p.stem: load_model(p).float() for p in sorted(folder.glob("*.safetensors"))}

@@ -14,7 +14,7 @@ case "${1:-run}" in
     .venv/bin/python - <<'PY'
 import torch
 from safetensors.torch import save_file
-from realesrgan_tiled.bundled_models import bundled_model_path
+from realesrgan_tiled.loading.bundled import bundled_model_path
 from realesrgan_tiled.loading import load_model
 for name, dtype in (("RealESRGAN_x4plus", torch.float16), ("RealESRGAN_x4plus_anime_6B", torch.float16),
                     ("realesr-animevideov3-x4", torch.float32)):

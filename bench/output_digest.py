@@ -36,8 +36,8 @@ def photo() -> torch.Tensor:
 
 
 def run_case(model_name: str, tile: int | None) -> np.ndarray:
-    from realesrgan_tiled.bundled_models import bundled_model_path
     from realesrgan_tiled.loading import load_model
+    from realesrgan_tiled.loading.bundled import bundled_model_path
 
     model = load_model(bundled_model_path(model_name))
     try:  # the engine's entry point after the architecture refactor

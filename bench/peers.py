@@ -13,7 +13,7 @@ Peers (whole image, no tiling, fp32 throughout, ``threads`` threads):
 * ``onnxruntime``: ``torch.onnx.export`` of our torch network, CPUExecutionProvider,
   intra_op_num_threads, every graph optimization.
 
-Every peer runs in its own subprocess that imports only its runtime and numpy (no torch), so
+Every peer runs in its own subprocess (``peer_child.py``) that imports only its runtime and numpy (no torch), so
 its peak RSS and its threads are its own; peers run one after another, never in parallel.
 Conversion and export are done beforehand by the parent and are not timed, as our engine's
 row does not time loading the model. Each peer process times ``repeats`` inferences: the first
@@ -31,11 +31,9 @@ import importlib.util
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +137,7 @@ def _convert_openvino(model, x: np.ndarray, path: Path) -> None:
 def _prepare(name: str, model_name: str, network, x: np.ndarray, workdir: Path) -> str:
     """The file the peer's process loads."""
     if name.startswith("ncnn"):
-        from realesrgan_tiled.bundled_models import bundled_model_path
+        from realesrgan_tiled.loading.bundled import bundled_model_path
 
         return str(bundled_model_path(model_name))
     if name == "openvino":
@@ -153,129 +151,6 @@ def _prepare(name: str, model_name: str, network, x: np.ndarray, workdir: Path) 
             _export_onnx(network, x, path)
         return str(path)
     raise ValueError(f"no peer named {name!r}; choose from {', '.join(PEERS)}")
-
-
-# ---- the child's side: load, then time the inferences (numpy + the runtime only) -------------
-
-def blob_names(param: Path) -> tuple[str, str]:
-    """(input blob, output blob) of a .param, as the ncnn runtime itself reads them."""
-    import ncnn
-
-    net = ncnn.Net()
-    inputs, outputs = (net.input_names(), net.output_names()) if net.load_param(str(param)) == 0 else ([], [])
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise ValueError(f"{param}: cannot tell the input and output blobs ({inputs}, {outputs})")
-    return inputs[0], outputs[0]
-
-
-def _ncnn_runner(path: str, threads: int, winograd: bool):
-    import ncnn
-
-    data, output = blob_names(Path(path))
-    net = ncnn.Net()
-    opt = net.opt
-    opt.use_vulkan_compute = False
-    opt.num_threads = threads
-    opt.openmp_blocktime = 0
-    for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic",
-                 "use_bf16_storage", "use_bf16_packed", "use_bf16_arithmetic"):
-        if hasattr(opt, flag):
-            setattr(opt, flag, False)
-    opt.use_winograd_convolution = winograd
-    if net.load_param(path) != 0 or net.load_model(str(Path(path).with_suffix(".bin"))) != 0:
-        raise RuntimeError(f"ncnn could not load {path}")
-
-    def infer(x: np.ndarray) -> np.ndarray:
-        ex = net.create_extractor()  # a fresh extractor per run: one keeps the blobs it computed
-        if ex.input(data, ncnn.Mat(np.ascontiguousarray(x[0]))) != 0:
-            raise RuntimeError("ncnn rejected the input")
-        ret, out = ex.extract(output)
-        if ret != 0:
-            raise RuntimeError(f"ncnn extract failed ({ret})")
-        return np.array(out, copy=True)[None]
-
-    return infer, f"ncnn {ncnn.__version__}, winograd {'on' if winograd else 'off'}"
-
-
-def _openvino_runner(path: str, threads: int):
-    import openvino as ov
-    import openvino.properties as props
-    import openvino.properties.hint as hints
-
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(path), "CPU", {
-        props.inference_num_threads: threads,
-        hints.inference_precision: ov.Type.f32,
-        hints.performance_mode: hints.PerformanceMode.LATENCY,
-        props.num_streams: 1,
-    })
-    precision = compiled.get_property(hints.inference_precision())
-    precision = precision.get_type_name() if hasattr(precision, "get_type_name") else str(precision)
-    request = compiled.create_infer_request()
-    output = compiled.output(0)
-
-    def infer(x: np.ndarray) -> np.ndarray:
-        return np.array(request.infer({0: x})[output], copy=True)
-
-    return infer, f"openvino {ov.__version__.split('-')[0]}, inference precision {precision}"
-
-
-def _onnxruntime_runner(path: str, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-
-    def infer(x: np.ndarray) -> np.ndarray:
-        return session.run(None, {name: x})[0]
-
-    return infer, f"onnxruntime {ort.__version__}, CPUExecutionProvider, ORT_ENABLE_ALL"
-
-
-def _rss_now() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_rss() -> int:
-    """This process's peak RSS: VmHWM, which starts afresh at exec. (ru_maxrss does not: after
-    fork + exec it still holds the parent's RSS at the fork, so a child spawned by a big
-    parent would report at least the parent's size.)"""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def child_run(name: str, path: str, input_path: str, output_path: str, threads: int, repeats: int) -> dict:
-    """One peer in this process: load, then ``repeats`` timed inferences; writes the first output."""
-    x = np.load(input_path)
-    if name.startswith("ncnn"):
-        infer, detail = _ncnn_runner(path, threads, PEERS[name]["winograd"])
-    elif name == "openvino":
-        infer, detail = _openvino_runner(path, threads)
-    else:
-        infer, detail = _onnxruntime_runner(path, threads)
-    baseline = _rss_now()
-    runs = []
-    for i in range(max(1, repeats)):
-        t = time.perf_counter()
-        out = infer(x)
-        runs.append(time.perf_counter() - t)
-        if i == 0:
-            np.save(output_path, np.ascontiguousarray(out, dtype=np.float32))
-        del out
-    return {"runs": runs, "peak_rss_bytes": _peak_rss(),
-            "baseline_rss_bytes": baseline, "detail": f"{detail}, {threads} threads, fp32"}
 
 
 # ---- rows -----------------------------------------------------------------------------------
@@ -300,7 +175,7 @@ def _run_child(name, path, workdir: Path, threads, repeats, timeout) -> dict:
     out_path = workdir / f"{name}-out.npy"
     args = [name, path, str(workdir / "input.npy"), str(out_path), threads, repeats]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(args)],
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "peer_child.py"), json.dumps(args)],
                           capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
@@ -333,8 +208,8 @@ class Peers:
         runnable = [n for n in self.names if n not in self.skipped]
         if not runnable:
             return
-        from realesrgan_tiled.bundled_models import bundled_model_path
         from realesrgan_tiled.loading import load_model
+        from realesrgan_tiled.loading.bundled import bundled_model_path
 
         network = load_model(bundled_model_path(model_name)).model
         x = as_nchw(image)
@@ -428,7 +303,6 @@ def format_table(model_name: str, width: int, height: int, rows: list[dict], our
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="RealESRGAN_x4plus")
     parser.add_argument("--size", default="256x192", help="WxH crop of bench.py's photo (default 256x192)")
     parser.add_argument("--threads", type=int, default=2)
@@ -438,9 +312,6 @@ def main(argv=None):
     parser.add_argument("--with-ours", action="store_true", help="add our engine's row (bench.py --row, default threads)")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
-    if args.child:
-        print(json.dumps(child_run(*json.loads(args.child))))
-        return
     width, height = (int(v) for v in args.size.lower().split("x"))
     rows = peer_rows(args.model, photo(width, height), args.threads, args.repeats,
                      [p for p in args.peers.split(",") if p], args.rounds)

@@ -38,9 +38,9 @@ def photo(size: int) -> np.ndarray:
 
 
 def whole_image_pass(image: np.ndarray) -> np.ndarray:
-    from realesrgan_tiled.bundled_models import bundled_model_path
     from realesrgan_tiled.engine import Choices, Host, upscale
     from realesrgan_tiled.loading import load_model
+    from realesrgan_tiled.loading.bundled import bundled_model_path
 
     pixels = torch.from_numpy(image.astype(np.float32) / 255).unsqueeze(0)
     model = load_model(bundled_model_path("RealESRGAN_x4plus"))

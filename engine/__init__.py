@@ -6,9 +6,10 @@ the user's ``Choices`` and the caller's ``Host``, and returns the result with a 
 of what ran. It knows no network: our architectures state their cost and overlap through
 their profile, any other model is measured (``memory.py``).
 """
+from .device import call_model, is_out_of_memory
 from .interface import Choices, Host, RunReport, Upscaled
 from .memory import available_memory
-from .run import call_model, is_out_of_memory, upscale
+from .run import upscale
 from .settings import PRECISIONS
 
 __all__ = ["PRECISIONS", "Choices", "Host", "RunReport", "Upscaled", "available_memory", "call_model",

@@ -42,7 +42,7 @@ class Choices:
     output_scale: float | None = None  # or a factor of the input size
     resample: str | None = None  # how the model output is brought to that size (resize.RESAMPLE_METHODS)
     passes: int | str | None = None  # model passes: None = 1; "auto" or N = again on its output while the target needs it
-    backend: str | None = None  # "auto", "torch" or "ncnn" (archs/backend.py); None: $REALESRGAN_TILED_BACKEND, else auto
+    backend: str | None = None  # "auto", "torch" or "ncnn" (runtimes/backend.py); None: $REALESRGAN_TILED_BACKEND, else auto
 
 
 @dataclass

@@ -13,7 +13,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from ..archs import Cost, OurModel
+from ..archs import Cost
+from ..loading.descriptor import OurModel
 
 GENERIC_OVERLAP = 48  # px, for models whose receptive field we do not know
 PROBE_SIDES = (48, 96)  # input px of the two probe tiles of a model we measure

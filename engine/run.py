@@ -15,26 +15,22 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..archs import OurModel
-from ..archs import backend as backends
-from ..archs.padding import pad_bottom_right
 from ..archs.windows import checking_cancel
 from ..errors import RealESRGANTiledError
-from ..resize import resize_images
+from ..loading.descriptor import OurModel
+from ..runtimes import backend as backends
 from . import settings
 from .channels import ChannelPass, channel_passes, gather, is_constant, scatter
+from .device import call_model, home, is_out_of_memory, release_cached
 from .interface import Choices, Host, RunReport, Upscaled
 from .memory import model_cost, model_overlap
+from .resize import resize_images
 from .tiles import MIN_TILE, axis_spans, count_tiles, round_tile
 
 log = logging.getLogger(__name__)
 
 HOME_BYTES_PER_OUTPUT_PIXEL = 4 * 4  # a tile's fp32 output (up to 4 channels) on its way to the host
-PINNED_CHUNK_BYTES = 32 << 20  # the page-locked buffer tile outputs come home through (CUDA)
 FP32_SWITCH_AFTER = 2  # half-precision tiles that overflowed before the rest of a run goes fp32
-# CUDA/CPU allocators ("out of memory", "can't allocate memory"), MPS ("MPS backend out of
-# memory"), XPU, and DirectML ("not enough GPU video memory")
-OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough gpu video memory")
 
 
 @dataclass
@@ -291,40 +287,7 @@ def _run_tile(run: _Run, tile_in: torch.Tensor, weight: torch.Tensor | None = No
     out = torch.nan_to_num_(out, nan=0.0).clamp_(0, 1)
     if weight is not None:
         out = out * weight.to(out.device, non_blocking=True)
-    return _home(out)
-
-
-def _home(out: torch.Tensor) -> torch.Tensor:
-    """A tile's [C, H, W] output, on the host. Off the CPU the device first permutes it to the
-    host's HWC order, so the add into the result reads contiguous rows."""
-    if out.device.type == "cpu":
-        return out
-    hwc = out.permute(1, 2, 0).contiguous()
-    return (_copy_home_pinned(hwc) if out.device.type == "cuda" else hwc.cpu()).permute(2, 0, 1)
-
-
-def _copy_home_pinned(src: torch.Tensor) -> torch.Tensor:
-    """``src.cpu()`` through one small page-locked buffer: a copy straight into pageable memory,
-    or pinning a whole tile's worth each time, was several times slower (README: GPU check).
-    torch's host allocator keeps the buffer for the next tile and the next run."""
-    try:
-        staging = torch.empty(PINNED_CHUNK_BYTES // src.element_size(), dtype=src.dtype, pin_memory=True)
-    except RuntimeError:  # no page-locked memory to be had
-        return src.cpu()
-    return copy_through(src, staging, torch.cuda.current_stream(src.device).synchronize)
-
-
-def copy_through(src: torch.Tensor, staging: torch.Tensor, wait) -> torch.Tensor:
-    """A host copy of the contiguous ``src``, made chunk by chunk through ``staging`` (1-D, same
-    dtype); ``wait()`` returns once a non-blocking copy into ``staging`` has landed."""
-    home = torch.empty(src.shape, dtype=src.dtype)
-    flat_src, flat_home = src.view(-1), home.view(-1)
-    for start in range(0, flat_src.numel(), staging.numel()):
-        part = flat_src[start : start + staging.numel()]
-        staging[: part.numel()].copy_(part, non_blocking=True)
-        wait()
-        flat_home[start : start + part.numel()].copy_(staging[: part.numel()])
-    return home
+    return home(out)
 
 
 def _forward_checked(run: _Run, tile_in: torch.Tensor) -> torch.Tensor:
@@ -358,7 +321,7 @@ def _retry_smaller(run: _Run, tile_in: torch.Tensor) -> torch.Tensor:
             f"out of memory on {run.device} even with {longest} px tiles; "
             "free memory, use a smaller tile_size, or run on the CPU"
         ) from None
-    _release_cached(run.device)
+    release_cached(run.device)
     run.ran.oom_retries += 1
     run.tile_cap = min(run.tile_cap, smaller)  # later tiles go straight to the size that fits
     log.warning("out of memory on a %dx%d tile; retrying just that tile as %d px tiles", *tile_in.shape[-2:], smaller)
@@ -392,30 +355,3 @@ def _forward(run: _Run, tile_in: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     return y[0].float()
 
 
-def call_model(descriptor, x: torch.Tensor) -> torch.Tensor:
-    """Like the descriptor's own call (pad to its size requirements, crop back) but without
-    its clamp, which would turn an fp16 overflow (inf) into plausible white pixels."""
-    h, w = x.shape[-2:]
-    pad_w, pad_h = descriptor.size_requirements.get_padding(w, h)
-    x = pad_bottom_right(x, pad_h, pad_w)
-    call = getattr(descriptor, "_call_fn", None) or (lambda model, image: model(image))
-    y = call(descriptor.model, x)
-    s = descriptor.scale
-    return y[..., : h * s, : w * s]
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, or the CPU allocator's failure (a plain RuntimeError)."""
-    # torch.cuda.OutOfMemoryError is torch.OutOfMemoryError since 2.5, and exists on the torch 2.1 A1111 installs
-    if isinstance(e, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(e).lower()
-    return any(marker in text for marker in OOM_MARKERS)
-
-
-def _release_cached(device: torch.device) -> None:
-    """Give the allocator's cached blocks back, on whichever backend ran the tile."""
-    backend = getattr(torch, device.type, None) if device.type in ("cuda", "mps", "xpu") else None
-    empty_cache = getattr(backend, "empty_cache", None)
-    if empty_cache is not None:
-        empty_cache()

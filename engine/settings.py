@@ -8,7 +8,7 @@ import math
 import torch
 
 from ..errors import InputImageError
-from ..resize import RESAMPLE_METHODS
+from .resize import RESAMPLE_METHODS
 from .tiles import MIN_TILE, round_up
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from ..bundled_models import BUNDLED, DEFAULT_MODEL
+from ..loading.bundled import BUNDLED, DEFAULT_MODEL
 
 log = logging.getLogger("realesrgan_tiled")
 
@@ -85,8 +85,8 @@ def bundled_name(model_name: str) -> str | None:
 
 def resolve_model_path(model_name: str) -> str:
     """Combo name -> file path. Raises ``ModelLoadError`` naming the file when it is missing."""
-    from ..bundled_models import bundled_model_path
     from ..errors import ModelLoadError
+    from ..loading.bundled import bundled_model_path
 
     bundled = bundled_name(model_name)
     if bundled is not None:
@@ -307,7 +307,7 @@ def register_health_route() -> None:
 
 
 def health_report(check: bool = False) -> dict:
-    from ..health import HEALTH, versions
+    from ..engine.health import HEALTH, versions
 
     names = list_model_names()
     if check:

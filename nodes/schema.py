@@ -9,7 +9,7 @@ except ImportError:
     from comfy_api.latest import ComfyExtension, io
 
 from ..engine import PRECISIONS
-from ..resize import RESAMPLE_METHODS
+from ..engine.resize import RESAMPLE_METHODS
 from . import _host
 from .upscale import hires_fix_upscale, interpolate_upscale_models, load_upscale_model, upscale_image_tiled
 

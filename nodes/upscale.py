@@ -7,11 +7,11 @@ import logging
 import torch
 
 from ..engine import Choices, Upscaled, is_out_of_memory, upscale
+from ..engine.health import HEALTH
+from ..engine.resize import resize_images
 from ..errors import ModelLoadError
-from ..health import HEALTH
-from ..interpolate import interpolate
 from ..loading import load_model
-from ..resize import resize_images
+from ..loading.interpolate import interpolate
 from . import _host
 
 log = logging.getLogger("realesrgan_tiled")

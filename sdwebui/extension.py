@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from modules import script_callbacks
 
-from ..health import HEALTH, versions
+from ..engine.health import HEALTH, versions
 from . import settings
 from .upscaler import UpscalerRealESRGAN_tiled  # noqa: F401 (defining it registers it with the host)
 

@@ -7,10 +7,10 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ..bundled_models import BUNDLED, DEFAULT_MODEL, bundled_model_path, bundled_models_dir
+from ..engine.health import Listed, Refused
 from ..errors import ModelLoadError
-from ..health import Listed, Refused
 from ..loading import load_model
+from ..loading.bundled import BUNDLED, DEFAULT_MODEL, bundled_model_path, bundled_models_dir
 
 log = logging.getLogger("realesrgan_tiled")
 

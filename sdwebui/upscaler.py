@@ -16,10 +16,10 @@ from modules import devices, errors, shared
 from modules.upscaler import Upscaler, UpscalerData
 
 from ..engine import Host, upscale
+from ..engine.health import HEALTH
 from ..errors import RealESRGANTiledError, UpscaleCancelled
-from ..health import HEALTH
-from ..image_files import pil_to_pixels, pixels_to_pil
 from ..loading import load_model
+from ..media.images import pil_to_pixels, pixels_to_pil
 from . import settings
 from .models import discover, native_scale, one_line
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.engine import Choices, Host, Upscaled, upscale
+from realesrgan_tiled.loading.bundled import bundled_model_path
 
 
 def photo(name: str = "astronaut", size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -30,7 +30,7 @@ def photo(name: str = "astronaut", size: tuple[int, int] | None = None) -> torch
 def backend_cache_of_this_session(tmp_path_factory):
     """The measured CPU backends go to a cache of this test session, not the user's (subprocesses
     inherit it)."""
-    from realesrgan_tiled.archs.backend import CACHE_DIR_VARIABLE
+    from realesrgan_tiled.runtimes.backend import CACHE_DIR_VARIABLE
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(CACHE_DIR_VARIABLE, str(tmp_path_factory.mktemp("backend_cache")))

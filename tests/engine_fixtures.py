@@ -5,7 +5,7 @@ import torch
 
 from realesrgan_tiled.engine import call_model
 from realesrgan_tiled.loading import build_descriptor
-from realesrgan_tiled.sniff import sniff
+from realesrgan_tiled.loading.sniff import sniff
 
 
 def descriptor_of(net: torch.nn.Module):

@@ -2,7 +2,7 @@
 
 Nothing here imports the package's networks: state dicts are written key by key from the
 published ESRGAN / Real-ESRGAN layouts, and the oracles run ``F.conv2d`` straight on the
-raw state dict, so a bug in ``archs/`` or ``sniff.py`` cannot hide behind itself.
+raw state dict, so a bug in ``archs/`` or ``loading/sniff.py`` cannot hide behind itself.
 """
 from __future__ import annotations
 

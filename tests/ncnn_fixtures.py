@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from realesrgan_tiled.archs.ncnn_writer import GraphWriter as ProductionGraphWriter
-from realesrgan_tiled.archs.ncnn_writer import conv_params, raw_fp32
+from realesrgan_tiled.runtimes.ncnn.writer import GraphWriter as ProductionGraphWriter
+from realesrgan_tiled.runtimes.ncnn.writer import conv_params, raw_fp32
 
 FP16_TAG = 0x01306B47
 

@@ -1,4 +1,4 @@
-"""bench/peers.py (CPU peer engines for the side-by-side table): the parts that can break without
+"""bench/peers.py and bench/peer_child.py (CPU peer engines for the side-by-side table): the parts that can break without
 a heavy run. openvino and onnxruntime are optional: where they are not installed (CI's venv)
 their peers must be skipped with a note, and their own checks here skip."""
 from __future__ import annotations
@@ -15,12 +15,21 @@ from .ncnn_fixtures import one_torch_thread  # noqa: F401  (autouse)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def peers():
-    spec = importlib.util.spec_from_file_location("realesrgan_tiled_bench_peers", ROOT / "bench" / "peers.py")
+def _bench_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"realesrgan_tiled_bench_{name}", ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def peers():
+    return _bench_script("peers")
+
+
+@pytest.fixture(scope="module")
+def peer_child():
+    return _bench_script("peer_child")
 
 
 def tiny_photo(peers, size=32):
@@ -64,9 +73,9 @@ def test_inputs_in_every_layout_become_the_same_nchw(peers, tmp_path):
     assert peers.photo(48, 32).shape == (1, 3, 32, 48)
 
 
-def test_blob_names_of_the_bundled_params(peers, x4plus_path, animevideov3_path):
+def test_blob_names_of_the_bundled_params(peer_child, x4plus_path, animevideov3_path):
     for path in (x4plus_path, animevideov3_path):
-        data, output = peers.blob_names(path)
+        data, output = peer_child.blob_names(path)
         assert data and output and data != output
 
 

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from realesrgan_tiled.archs import SRVGGNetCompact
-from realesrgan_tiled.image_files import read_image
 from realesrgan_tiled.loading import load_model
+from realesrgan_tiled.media.images import read_image
 
 from .conftest import photo, upscaled
 
@@ -127,7 +127,7 @@ def test_bad_model_for_upscale_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("bit_depth", [8, 16])
 def test_png_pixels_converted_in_bands_equal_the_whole_image_rounding(bit_depth):
-    from realesrgan_tiled.image_files import PNG_ROWS_PER_BAND, png_array
+    from realesrgan_tiled.media.images import PNG_ROWS_PER_BAND, png_array
 
     top = 65535 if bit_depth == 16 else 255
     halves = ((torch.arange(top, dtype=torch.float64) + 0.5) / top).float()  # every rounding tie

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from realesrgan_tiled.archs import RRDBNet, SRVGGPlan
-from realesrgan_tiled.archs import backend as backends
-from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.engine.channels import channel_passes
 from realesrgan_tiled.engine.memory import peak_bytes
+from realesrgan_tiled.engine.resize import resize_images
 from realesrgan_tiled.engine.tiles import MIN_TILE, axis_spans, tile_starts
 from realesrgan_tiled.errors import InputImageError
 from realesrgan_tiled.loading import build_descriptor, load_model
-from realesrgan_tiled.resize import resize_images
-from realesrgan_tiled.sniff import sniff
+from realesrgan_tiled.loading.bundled import bundled_model_path
+from realesrgan_tiled.loading.sniff import sniff
+from realesrgan_tiled.runtimes import backend as backends
 
 from .conftest import photo, psnr, run_engine, upscaled
 from .engine_fixtures import descriptor_of, direct, spy_descriptor
@@ -286,7 +286,7 @@ def test_half_precision_image_batches_come_back_in_the_hosts_dtype(compact, dtyp
 def test_outputs_come_home_whole_through_a_small_staging_buffer(numel, chunk):
     """The chunked copy CUDA tile outputs take home (through a page-locked buffer there; any
     buffer here): every element arrives, in place, whatever the remainder."""
-    from realesrgan_tiled.engine.run import copy_through
+    from realesrgan_tiled.engine.device import copy_through
 
     src = torch.rand(numel, 3)
     staging, waits = torch.empty(chunk), []

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from realesrgan_tiled.errors import ModelLoadError, RealESRGANTiledError
 from realesrgan_tiled.loading import build_descriptor, load_model
-from realesrgan_tiled.sniff import ModelSpec, sniff, unwrap_state_dict
+from realesrgan_tiled.loading.sniff import ModelSpec, sniff, unwrap_state_dict
 
 from .model_fixtures import rrdbnet_state, save, srvgg_state, to_bsrgan, to_old_esrgan
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.cli import main as cli_main
 from realesrgan_tiled.errors import ModelLoadError
-from realesrgan_tiled.interpolate import interpolate, network_of
 from realesrgan_tiled.loading import load_model
+from realesrgan_tiled.loading.bundled import bundled_model_path
+from realesrgan_tiled.loading.interpolate import interpolate, network_of
 from realesrgan_tiled.nodes.upscale import interpolate_upscale_models
 
 from .conftest import photo, upscaled

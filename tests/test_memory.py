@@ -8,12 +8,12 @@ import pytest
 import torch
 from spandrel import ImageModelDescriptor, ModelLoader, SizeRequirements
 
-from realesrgan_tiled.archs import ARCHITECTURES, OurModel, RRDBNetPlan, SRVGGPlan
-from realesrgan_tiled.bundled_models import bundled_model_path
+from realesrgan_tiled.archs import ARCHITECTURES, RRDBNetPlan, SRVGGPlan
 from realesrgan_tiled.engine import call_model
 from realesrgan_tiled.engine.memory import AllocationTracker, measured_cost, model_cost, peak_bytes
-from realesrgan_tiled.loading import build_descriptor
-from realesrgan_tiled.ncnn_import import read_ncnn
+from realesrgan_tiled.loading import OurModel, build_descriptor
+from realesrgan_tiled.loading.bundled import bundled_model_path
+from realesrgan_tiled.loading.ncnn import read_ncnn
 
 from .conftest import photo
 

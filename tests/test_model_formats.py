@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from realesrgan_tiled.archs.srvgg.network import SRVGGNetCompact
-from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.errors import ModelLoadError
 from realesrgan_tiled.loading import load_model
+from realesrgan_tiled.loading.bundled import bundled_model_path
 
 from .conftest import photo, upscaled
 from .model_fixtures import save

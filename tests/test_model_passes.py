@@ -8,13 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.cli import main as cli_main
+from realesrgan_tiled.engine.resize import resize_images
 from realesrgan_tiled.engine.settings import MAX_AUTO_PASSES, model_passes
 from realesrgan_tiled.errors import InputImageError
 from realesrgan_tiled.loading import load_model
+from realesrgan_tiled.loading.bundled import bundled_model_path
 from realesrgan_tiled.nodes.upscale import hires_fix_upscale
-from realesrgan_tiled.resize import resize_images
 
 from .conftest import photo, run_engine, upscaled
 

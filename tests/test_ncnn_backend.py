@@ -1,4 +1,4 @@
-"""The ncnn backend (archs/ncnn_runtime.py, archs/*/ncnn_plan.py) against independent oracles:
+"""The ncnn backend (runtimes/ncnn/) against independent oracles:
 the functional networks written from the papers' equations, spandrel, and our torch plans;
 and the engine contracts it must keep (seam-free tiles, cancel and progress within a tile,
 backend choice and report, the memory bound)."""
@@ -13,12 +13,13 @@ import pytest
 import torch
 from spandrel import ModelLoader
 
-from realesrgan_tiled.archs import backend as backends
-from realesrgan_tiled.archs.rrdbnet.ncnn_plan import RRDBNetNcnnPlan
-from realesrgan_tiled.archs.srvgg.ncnn_plan import SRVGGNcnnPlan
 from realesrgan_tiled.errors import InputImageError
 from realesrgan_tiled.loading import build_descriptor, load_model
-from realesrgan_tiled.sniff import sniff
+from realesrgan_tiled.loading.sniff import sniff
+from realesrgan_tiled.runtimes import backend as backends
+from realesrgan_tiled.runtimes.ncnn import srvgg as ncnn_srvgg
+from realesrgan_tiled.runtimes.ncnn.rrdbnet import RRDBNetNcnnPlan
+from realesrgan_tiled.runtimes.ncnn.srvgg import SRVGGNcnnPlan
 
 from .conftest import photo, run_engine, upscaled
 from .model_fixtures import image, rrdbnet_oracle, rrdbnet_state, srvgg_oracle, srvgg_state
@@ -62,7 +63,7 @@ def test_srvgg_on_ncnn_equals_the_paper_network(act, upscale, in_ch, out_ch):
 def test_real_weights_on_ncnn_equal_spandrel_on_a_real_photo(x4plus_path, animevideov3_path):
     """Real animevideov3 and anime_6B weights through both backends' real plans, against
     spandrel's own networks. The photo spans several windows of each plan."""
-    from realesrgan_tiled.bundled_models import bundled_model_path
+    from realesrgan_tiled.loading.bundled import bundled_model_path
 
     x = photo("astronaut", (200, 232)).permute(0, 3, 1, 2).contiguous()
     for path, plan in ((animevideov3_path, SRVGGNcnnPlan(window=96)),
@@ -115,21 +116,22 @@ def test_auto_measures_once_per_network_shape_on_the_cpu(compact):
     x = torch.rand(1, 272, 256, 3)  # over the torch plan's whole-map size: windows on both backends
     choice = run_engine(compact, x).ran.backend
     net = compact.network
-    key = (compact.our_architecture.name, compact.our_architecture.probe_key(net), torch.get_num_threads())
+    key = (compact.our_architecture.name, ncnn_srvgg.probe_key(net), torch.get_num_threads())
     assert backends.measured()[key] == choice
     assert run_engine(compact, x).ran.backend == choice
 
 
 CACHED_CHOICE = """
 import sys, torch
-from realesrgan_tiled.archs import ARCHITECTURES, backend
-from realesrgan_tiled.bundled_models import bundled_model_path
+from realesrgan_tiled.runtimes import backend
+from realesrgan_tiled.runtimes.ncnn import srvgg
+from realesrgan_tiled.loading.bundled import bundled_model_path
 from realesrgan_tiled.loading import load_model
 model = load_model(bundled_model_path("realesr-animevideov3-x4"))
 if sys.argv[1] == "second":
     def no_probe(net):
         raise AssertionError("probed again although the cache holds the answer")
-    ARCHITECTURES["SRVGGNetCompact"].speed_probe = no_probe
+    srvgg.speed_probe = no_probe
 print(backend.resolve("auto", model, torch.device("cpu"), torch.float32, 1024 * 1024))
 """
 
@@ -161,7 +163,7 @@ def test_auto_runs_inputs_the_torch_plan_runs_whole_on_torch_without_a_probe(mon
     ncnn measured slower (and the probe would cost more than the image)."""
     model = build_from_state_dict(srvgg_state(num_feat=8, num_conv=2))
     probed = []
-    monkeypatch.setattr(type(model.our_architecture), "speed_probe", lambda self, net: probed.append(1) or {})
+    monkeypatch.setattr(ncnn_srvgg, "speed_probe", lambda net: probed.append(1) or {})
     assert run_engine(model, torch.rand(1, 200, 200, 3)).ran.backend == "torch" and not probed
 
 
@@ -221,10 +223,10 @@ def test_cancel_and_progress_within_one_tile_on_ncnn():
 
 MEMORY_PROBE = """
 import json, sys, torch
-from realesrgan_tiled.bundled_models import bundled_model_path
+from realesrgan_tiled.loading.bundled import bundled_model_path
 from realesrgan_tiled.engine import call_model
 from realesrgan_tiled.engine.memory import model_cost
-from realesrgan_tiled.archs import backend
+from realesrgan_tiled.runtimes import backend
 from realesrgan_tiled.loading import load_model
 torch.set_num_threads(2)
 name, side = sys.argv[1], int(sys.argv[2])

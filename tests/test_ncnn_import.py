@@ -9,10 +9,10 @@ import torch
 
 from realesrgan_tiled.archs import RRDBNet, SRVGGNetCompact
 from realesrgan_tiled.archs.output_resize import OutputResize
-from realesrgan_tiled.bundled_models import BUNDLED, bundled_model_path
 from realesrgan_tiled.errors import ModelLoadError
 from realesrgan_tiled.loading import load_model
-from realesrgan_tiled.ncnn_import import read_ncnn
+from realesrgan_tiled.loading.bundled import BUNDLED, bundled_model_path
+from realesrgan_tiled.loading.ncnn import read_ncnn
 
 from .conftest import photo
 from .ncnn_fixtures import (

@@ -9,6 +9,7 @@ import types
 import pytest
 import torch
 
+from realesrgan_tiled.engine.resize import resize_images
 from realesrgan_tiled.errors import ModelLoadError, RealESRGANTiledError
 from realesrgan_tiled.nodes import _host
 from realesrgan_tiled.nodes import upscale as upscale_module
@@ -19,7 +20,6 @@ from realesrgan_tiled.nodes.upscale import (
     round_to_multiple,
     upscale_image_tiled,
 )
-from realesrgan_tiled.resize import resize_images
 
 from .conftest import photo, psnr, upscaled
 
@@ -77,8 +77,8 @@ def fake_comfy(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def anime_x2():
-    from realesrgan_tiled.bundled_models import bundled_model_path
     from realesrgan_tiled.loading import load_model
+    from realesrgan_tiled.loading.bundled import bundled_model_path
 
     return load_model(bundled_model_path("realesr-animevideov3-x2"))
 

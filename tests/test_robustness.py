@@ -121,7 +121,7 @@ def test_ctrl_c_while_loading_exits_cleanly(tmp_path, x4plus_path):
     # (nohup ... &) passes SIGINT down as ignored, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import signal; signal.signal(signal.SIGINT, signal.default_int_handler)
-        import sys, realesrgan_tiled.loading as L
+        import sys, realesrgan_tiled.loading.loader as L
         real = L.build_descriptor
         def slow(*a, **k):
             print("loading", flush=True)

@@ -9,11 +9,11 @@ import torch
 from spandrel import ModelLoader
 
 from realesrgan_tiled.archs import RRDBNet, RRDBNetPlan
-from realesrgan_tiled.archs import backend as backends
-from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.loading import build_descriptor, load_model, model_info
-from realesrgan_tiled.ncnn_import import read_ncnn
-from realesrgan_tiled.sniff import sniff
+from realesrgan_tiled.loading.bundled import bundled_model_path
+from realesrgan_tiled.loading.ncnn import read_ncnn
+from realesrgan_tiled.loading.sniff import sniff
+from realesrgan_tiled.runtimes import backend as backends
 
 from .conftest import photo
 from .model_fixtures import EXPECTED_KEY_FORMAT, LAYOUTS, image, rrdbnet_oracle, rrdbnet_state, save

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from realesrgan_tiled.bundled_models import BUNDLED, bundled_model_path
 from realesrgan_tiled.engine import RunReport
-from realesrgan_tiled.health import Health
-from realesrgan_tiled.image_files import pil_to_pixels, pixels_to_pil
+from realesrgan_tiled.engine.health import Health
+from realesrgan_tiled.loading.bundled import BUNDLED, bundled_model_path
+from realesrgan_tiled.media.images import pil_to_pixels, pixels_to_pil
 from realesrgan_tiled.sdwebui.models import discover, model_files
 
 from .model_fixtures import rrdbnet_state, save, srvgg_state

@@ -8,10 +8,10 @@ import torch
 from spandrel import ImageModelDescriptor
 
 from realesrgan_tiled import loading
-from realesrgan_tiled.archs import ARCHITECTURES
 from realesrgan_tiled.errors import ModelLoadError
 from realesrgan_tiled.loading import load_model, model_info
-from realesrgan_tiled.sniff import sniff, unwrap_state_dict
+from realesrgan_tiled.loading.descriptor import SPANDREL_ARCHITECTURES
+from realesrgan_tiled.loading.sniff import sniff, unwrap_state_dict
 
 from .model_fixtures import image, rrdbnet_oracle, rrdbnet_state, save, srvgg_state
 
@@ -71,7 +71,7 @@ def test_inpainting_model_is_not_an_upscaler():
     from spandrel.architectures.LaMa import LaMa
 
     with pytest.raises(ModelLoadError, match=r"lama\.pth: is a LaMa inpainting model, not an image-to-image upscaler"):
-        loading._load_with_spandrel(Path("lama.pth"), LaMa().state_dict())
+        loading.loader._load_with_spandrel(Path("lama.pth"), LaMa().state_dict())
 
 
 @pytest.mark.parametrize("obj, holds", [
@@ -191,8 +191,8 @@ def test_suffix_is_case_insensitive(tmp_path):
 
 def test_own_architectures_work_as_spandrel_architectures():
     sd = {"params_ema": rrdbnet_state(num_feat=8, num_grow_ch=4)}
-    arch = ARCHITECTURES["RRDBNet"]
-    assert arch.detect(sd) and not ARCHITECTURES["SRVGGNetCompact"].detect(sd)
+    arch = SPANDREL_ARCHITECTURES["RRDBNet"]
+    assert arch.detect(sd) and not SPANDREL_ARCHITECTURES["SRVGGNetCompact"].detect(sd)
     assert isinstance(arch.load(sd), ImageModelDescriptor)
     assert not arch.detect({"x": torch.zeros(1)})
     with pytest.raises(ModelLoadError):

@@ -9,12 +9,12 @@ from spandrel import ModelLoader
 from spandrel.architectures import Compact as spandrel_compact
 
 from realesrgan_tiled.archs import SRVGGPlan
-from realesrgan_tiled.archs import backend as backends
-from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.errors import ModelLoadError
 from realesrgan_tiled.loading import build_descriptor, load_model, model_info
-from realesrgan_tiled.ncnn_import import read_ncnn
-from realesrgan_tiled.sniff import DEFAULT_SRVGG_ACT
+from realesrgan_tiled.loading.bundled import bundled_model_path
+from realesrgan_tiled.loading.ncnn import read_ncnn
+from realesrgan_tiled.loading.sniff import DEFAULT_SRVGG_ACT
+from realesrgan_tiled.runtimes import backend as backends
 
 from .conftest import photo
 from .model_fixtures import LAYOUTS, image, save, srvgg_oracle, srvgg_state

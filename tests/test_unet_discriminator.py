@@ -17,13 +17,9 @@ from torch.nn.utils import parametrizations, remove_spectral_norm
 from torch.nn.utils.spectral_norm import SpectralNorm
 
 from realesrgan_tiled.archs import RRDBNet, SRVGGNetCompact
-from realesrgan_tiled.archs.unet_discriminator import (
-    EXPECTED_KEYS,
-    UNetDiscriminatorSN,
-    is_unet_discriminator,
-    load_discriminator,
-)
+from realesrgan_tiled.archs.unet_discriminator import EXPECTED_KEYS, UNetDiscriminatorSN
 from realesrgan_tiled.errors import ModelLoadError
+from realesrgan_tiled.loading.discriminator import is_unet_discriminator, load_discriminator
 
 from .conftest import photo
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputImageError, RealESRGANTiledError
-from ..image_files import IMAGE_SUFFIXES, read_image
+from ..media.images import IMAGE_SUFFIXES, read_image
 
 log = logging.getLogger(__name__)
 

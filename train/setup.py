@@ -8,12 +8,11 @@ from pathlib import Path
 
 import torch
 
-from ..archs import OurModel
 from ..archs.output_resize import OutputResize
-from ..bundled_models import model_path
 from ..engine.settings import native_bf16
 from ..errors import ModelLoadError, RealESRGANTiledError
-from ..loading import load_model, read_state_dict
+from ..loading import OurModel, load_model, read_state_dict
+from ..loading.bundled import model_path
 from .steps import Models
 
 ADAM_BETAS = (0.9, 0.99)
@@ -76,7 +75,8 @@ def build_models(base: OurModel, loss: str, lr: float, vgg19: str | None, device
 
 
 def _discriminator(base: OurModel, path: str | None):
-    from ..archs.unet_discriminator import UNetDiscriminatorSN, load_discriminator
+    from ..archs.unet_discriminator import UNetDiscriminatorSN
+    from ..loading.discriminator import load_discriminator
 
     if path is None:
         return UNetDiscriminatorSN(num_in_ch=base.output_channels)

@@ -1,5 +1,5 @@
 """RRDBNet (ESRGAN, Real-ESRGAN x4plus/x2plus/anime_6B, BSRGAN, …): network, key layouts,
-inference plan, ncnn pattern and cost profile."""
+torch inference plan and cost profile."""
 from __future__ import annotations
 
 import torch
@@ -7,14 +7,12 @@ import torch
 from ..architecture import Cost, ModelSpec, OurArchitecture
 from .inference import RRDBNetPlan
 from .keys import NAME, read_spec
-from .ncnn_plan import RRDBNetNcnnPlan, dense_block_probe
 from .network import RRDBNet
 
 
 class RRDBNetArchitecture(OurArchitecture):
     network_class = RRDBNet
     plan_class = RRDBNetPlan
-    ncnn_plan_class = RRDBNetNcnnPlan
     build_keys = ("num_in_ch", "num_out_ch", "num_feat", "num_block", "num_grow_ch", "num_upsample", "unshuffle")
 
     def spec(self, state: dict, act_type: str | None = None) -> ModelSpec | None:
@@ -32,16 +30,6 @@ class RRDBNetArchitecture(OurArchitecture):
     def torch_plan_walks_windows(self, net: RRDBNet, pixels: int) -> bool:
         return RRDBNetPlan.for_device(torch.device("cpu")).trunk_in_windows(net, -(-pixels // net.unshuffle**2))
 
-    def probe_key(self, net: RRDBNet) -> tuple:
-        return net.num_feat, net.num_grow_ch
-
-    def speed_probe(self, net: RRDBNet) -> dict:
-        """One dense block (x4plus is 92 % dense blocks) over two windows, one per worker."""
-        if not len(net.body):
-            return {"torch": lambda: None}
-        side = RRDBNetNcnnPlan.trunk_window
-        return dense_block_probe(net.body[0].rdb1, torch.rand(1, net.num_feat, side, 2 * side))
-
     def cost(self, net: RRDBNet, plan: RRDBNetPlan, element_size: int) -> Cost:
         """Trunk maps (at 1/unshuffle^2 of the input px) plus the network output."""
         per_pixel = plan.map_channels(net) / net.unshuffle**2 + net.num_out_ch * net.scale**2
@@ -50,4 +38,4 @@ class RRDBNetArchitecture(OurArchitecture):
 
 ARCHITECTURE = RRDBNetArchitecture(NAME)
 
-__all__ = ["ARCHITECTURE", "RRDBNet", "RRDBNetNcnnPlan", "RRDBNetPlan"]
+__all__ = ["ARCHITECTURE", "NAME", "RRDBNet", "RRDBNetPlan"]

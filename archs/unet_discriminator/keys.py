@@ -1,4 +1,5 @@
-"""UNetDiscriminatorSN's keys: detection and loading of discriminator checkpoints.
+"""UNetDiscriminatorSN's keys (reading its files, which needs the checkpoint unwrapping, is
+``loading/discriminator.py``).
 
 The canonical layout is Real-ESRGAN's (``RealESRGAN_x4plus_netD.pth``, basicsr's ``net_d_*.pth``):
 ``conv0.weight/bias``, ``convN.weight_orig/weight_u/weight_v`` for N = 1..8 (spectral norm,
@@ -20,7 +21,7 @@ from .network import PLAIN_CONVS, SN_CONVS, UNetDiscriminatorSN
 NAME = "UNetDiscriminatorSN"
 
 # Checkpoints that hold a generator and a discriminator side by side keep the latter here;
-# the generic unwrapping (sniff.unwrap_state_dict) would pick the generator.
+# the generic unwrapping (loading.sniff.unwrap_state_dict) would pick the generator.
 DISCRIMINATOR_WRAPPERS = ("net_d", "netD", "discriminator")
 
 _PARAMETRIZED = re.compile(r"(conv[1-8])\.parametrizations\.weight\.(original|0\._u|0\._v)$")
@@ -33,14 +34,8 @@ EXPECTED_KEYS = frozenset(
 )
 
 
-def discriminator_state(checkpoint: object) -> dict:
-    """The discriminator's tensors in the canonical layout, out of whatever wraps them."""
-    from ...sniff import unwrap_state_dict  # (sniff imports the upscaler architectures)
-
-    if isinstance(checkpoint, dict):
-        inner = next((checkpoint[k] for k in DISCRIMINATOR_WRAPPERS if isinstance(checkpoint.get(k), dict)), None)
-        checkpoint = inner if inner is not None else checkpoint
-    state = unwrap_state_dict(checkpoint)
+def canonical_keys(state: dict) -> dict:
+    """An unwrapped discriminator state dict with torch's parametrization names renamed."""
     return {_canonical(k): v for k, v in state.items()}
 
 
@@ -55,7 +50,7 @@ def read_hyperparameters(state: dict) -> dict:
     if not state:
         raise ModelLoadError(f"not a {NAME}: the file holds no weights")
     if "conv0.weight" not in state or "conv9.weight" not in state:
-        raise ModelLoadError(f"not a {NAME}: {_what_it_is(state)}")
+        raise ModelLoadError(f"not a {NAME}: it has no conv0.weight / conv9.weight")
     plain = [c for c in SN_CONVS if f"{c}.weight" in state and f"{c}.weight_orig" not in state]
     if plain:
         not_buildable(NAME, f"{', '.join(plain[:3])}{' …' if len(plain) > 3 else ''} hold plain weights "
@@ -66,51 +61,9 @@ def read_hyperparameters(state: dict) -> dict:
     return dict(num_in_ch=num_in_ch, num_feat=num_feat)
 
 
-def _what_it_is(state: dict) -> str:
-    """For the error: the generator it is, if it is one of ours, else a few of its keys."""
-    from ...sniff import sniff
-
-    try:
-        spec = sniff(state)
-    except ModelLoadError:
-        spec = None
-    if spec is not None:
-        return f"it is a {spec.architecture} generator (x{spec.scale}), not a discriminator"
-    keys = sorted(state)
-    more = f" … ({len(keys)} keys)" if len(keys) > 4 else ""
-    return f"it has no conv0.weight / conv9.weight; its keys are {', '.join(keys[:4])}{more}"
-
-
-def load_discriminator(checkpoint: object, skip_connection: bool = True) -> UNetDiscriminatorSN:
-    """A UNetDiscriminatorSN with the checkpoint's weights (a state dict or a training file's
-    dict around one), in train mode as ``nn.Module`` leaves it. ModelLoadError when it is not."""
-    from ...sniff import describe_contents
-
-    state = discriminator_state(checkpoint)
-    if not state:
-        raise ModelLoadError(f"not a {NAME}: the file holds no weights, only {describe_contents(checkpoint)}")
-    hp = read_hyperparameters(state)
-    _check_fit(state, hp)
-    net = UNetDiscriminatorSN(**hp, skip_connection=skip_connection)
-    net.load_state_dict(state, strict=True)
-    return net
-
-
-def _check_fit(state: dict, hp: dict) -> None:
+def check_fit(state: dict, hp: dict) -> None:
     """Every key and shape against a network built on the meta device: a file whose conv0
     claims a huge ``num_feat`` is refused without allocating that network."""
     with torch.device("meta"):
         shapes = UNetDiscriminatorSN(**hp)
     check_weights_fit(shapes, state)
-
-
-def is_unet_discriminator(checkpoint: object) -> bool:
-    """Whether ``load_discriminator`` reads the checkpoint: the key layout and every shape fit."""
-    try:
-        state = discriminator_state(checkpoint)
-        if set(state) != EXPECTED_KEYS:
-            return False
-        _check_fit(state, read_hyperparameters(state))
-    except ModelLoadError:
-        return False
-    return True

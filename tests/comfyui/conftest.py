@@ -52,7 +52,7 @@ def host_base(host, tmp_path_factory):
     Image.fromarray(np.dstack([photo, alpha]), "RGBA").save(base / "input" / "rgba.png")
     Image.fromarray(harness.sample_photo((96, 96))).save(base / "input" / "big.png")
     Image.fromarray(harness.sample_photo((256, 256))).save(base / "input" / "whole.png")
-    from realesrgan_tiled.bundled_models import bundled_model_path
+    from realesrgan_tiled.loading.bundled import bundled_model_path
 
     param = bundled_model_path("realesr-animevideov3-x2")
     shutil.copy(param, base / "models/upscale_models/ncnn/animevideov3-x2.param")
@@ -112,8 +112,8 @@ def input_image(host_base):
 @pytest.fixture(scope="session")
 def bundled():
     """Load a bundled model in the test process, to compute expected results with the engine."""
-    from realesrgan_tiled.bundled_models import bundled_model_path
     from realesrgan_tiled.loading import load_model
+    from realesrgan_tiled.loading.bundled import bundled_model_path
 
     cache = {}
 

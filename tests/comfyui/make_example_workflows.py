@@ -62,9 +62,9 @@ def before_after(model_name: str, image_path: Path, out: Path, title: str) -> No
     import numpy as np
     from PIL import Image, ImageDraw, ImageFont
 
-    from realesrgan_tiled.bundled_models import bundled_model_path
     from realesrgan_tiled.engine import Choices, Host, upscale
     from realesrgan_tiled.loading import load_model
+    from realesrgan_tiled.loading.bundled import bundled_model_path
 
     source = np.asarray(Image.open(image_path).convert("RGB"))
     crop = _busiest_crop(source, 96)

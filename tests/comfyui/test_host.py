@@ -164,7 +164,7 @@ def test_example_hires_fix_ksampler_runs_with_a_checkpoint(server, sd15_checkpoi
 def test_interpolated_model_and_model_passes(server, input_image, bundled):
     """The interpolation node feeds the hires-fix node, which runs the x2 blend twice for x4
     (model_passes auto) and says so; checked against the blend and two passes done here."""
-    from realesrgan_tiled.interpolate import interpolate
+    from realesrgan_tiled.loading.interpolate import interpolate
 
     prompt = {
         "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
@@ -302,7 +302,7 @@ def test_rgba_image_stays_rgba(server, host_base, bundled):
 
 
 def test_hires_fallback_without_model_and_latent_needs_vae(server, input_image):
-    from realesrgan_tiled.resize import resize_images
+    from realesrgan_tiled.engine.resize import resize_images
 
     prompt = {
         "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},

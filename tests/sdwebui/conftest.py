@@ -63,7 +63,7 @@ def data(host, tmp_path_factory) -> Data:
 
 
 def write_models(models: Path, extra: Path, marker: Path) -> None:
-    from realesrgan_tiled.bundled_models import bundled_model_path
+    from realesrgan_tiled.loading.bundled import bundled_model_path
 
     from ..model_fixtures import save
     from ..test_hostile_files import SystemPayload, rrdbnet_state

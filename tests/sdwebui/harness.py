@@ -111,8 +111,8 @@ def make_env(host_python: Path, where: Path, webui_dir: Path, data_dir: Path, ex
 
 def real_state_dict(bundled: str) -> dict:
     """The real weights of a bundled model (shipped as ncnn) as an official-layout state dict."""
-    from realesrgan_tiled.bundled_models import bundled_model_path
     from realesrgan_tiled.loading import load_model
+    from realesrgan_tiled.loading.bundled import bundled_model_path
 
     return {k: v.clone() for k, v in load_model(bundled_model_path(bundled)).network.state_dict().items()}
 

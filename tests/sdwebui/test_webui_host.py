@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from realesrgan_tiled.bundled_models import bundled_model_path
 from realesrgan_tiled.engine import Choices, Host, upscale
 from realesrgan_tiled.loading import load_model
+from realesrgan_tiled.loading.bundled import bundled_model_path
 
 from . import harness
 

@@ -1,4 +1,4 @@
-"""RRDBNet on the ncnn backend (``archs/ncnn_runtime.py``): every dense block, and the
+"""RRDBNet on the ncnn backend (``runtimes/ncnn/runtime.py``): every dense block, and the
 upsampling tail, is an ncnn stage run window by window; the cheap convs at trunk resolution
 (``conv_first``, ``conv_body``: 0.2 % of the work) and the residual sums stay in torch.
 Equal to the reference network to fp32 rounding (tests: against ``forward`` and spandrel)."""
@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ncnn_runtime import NCNN_WINDOW_FACTOR, Stage, StageCache, into, ncnn_weight_bytes, run_in_windows
-from ..ncnn_writer import GraphWriter
-from ..windows import even_spans, worker_count
-from .inference import RDB_HALO, RRDBNetPlan
-from .network import ResidualDenseBlock, RRDBNet
+from ...archs.rrdbnet.inference import RDB_HALO, RRDBNetPlan
+from ...archs.rrdbnet.network import ResidualDenseBlock, RRDBNet
+from ...archs.windows import even_spans, worker_count
+from .runtime import NCNN_WINDOW_FACTOR, Stage, StageCache, into, ncnn_weight_bytes, run_in_windows
+from .writer import GraphWriter
 
 NCNN_TAIL_HALO = 3  # trunk px: the tail's convs reach 2.25 trunk px (1 at 2x, 3 at 4x, ...) at most
 
@@ -70,6 +70,22 @@ class RRDBNetNcnnPlan:
         """Trunk-resolution channels alive at the peak: the first features, the RRDB input and
         two dense-block outputs."""
         return 4 * net.num_feat
+
+
+PLAN = RRDBNetNcnnPlan
+
+
+def probe_key(net: RRDBNet) -> tuple:
+    """What decides the backends' relative speed (``speed_probe`` is measured once per key)."""
+    return net.num_feat, net.num_grow_ch
+
+
+def speed_probe(net: RRDBNet) -> dict:
+    """One dense block (x4plus is 92 % dense blocks) over two windows, one per worker."""
+    if not len(net.body):
+        return {"torch": lambda: None}
+    side = RRDBNetNcnnPlan.trunk_window
+    return dense_block_probe(net.body[0].rdb1, torch.rand(1, net.num_feat, side, 2 * side))
 
 
 def dense_block_probe(rdb: ResidualDenseBlock, feat: torch.Tensor) -> dict:

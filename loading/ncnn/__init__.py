@@ -7,7 +7,7 @@ state dict our own networks load. Anything that does not fit exactly is refused 
 naming the file, the layer and what was expected there.
 
 The pieces: ``param_file`` and ``bin_file`` read the two files; ``graph`` holds the matching
-primitives; each architecture's ``archs/<name>/ncnn_pattern.py`` says what its graph looks like
+primitives; each architecture's pattern (``rrdbnet.py``, ``srvgg.py`` here) says what its graph looks like
 (``recognises`` / ``match``), how its weights need reordering (``fix_weights``) and which
 hyperparameters the graph fixes (``graph_hyperparameters``), checked here against what the
 weights' shapes say.
@@ -20,16 +20,16 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from ..archs.rrdbnet import ncnn_pattern as rrdbnet_pattern
-from ..archs.srvgg import ncnn_pattern as srvgg_pattern
-from ..errors import ModelLoadError
+from ...errors import ModelLoadError
 from ..sniff import ModelSpec, sniff
+from . import rrdbnet as rrdbnet_pattern
+from . import srvgg as srvgg_pattern
 from .bin_file import read_weights
 from .graph import Graph, Match
 from .param_file import Layer, parse_param
 
 # Asked in turn which one produced the network output. Listed here rather than taken from
-# archs.ARCHITECTURES so that the architecture classes need not know about ncnn.
+# archs.ARCHITECTURES: the networks know nothing of file formats.
 PATTERNS = (rrdbnet_pattern, srvgg_pattern)
 
 __all__ = ["read_ncnn"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .archs import ARCHITECTURES, ModelSpec
-from .archs.srvgg.keys import DEFAULT_ACT as DEFAULT_SRVGG_ACT
-from .archs.srvgg.keys import check_act_type
+from ..archs import ARCHITECTURES, ModelSpec
+from ..archs.srvgg.keys import DEFAULT_ACT as DEFAULT_SRVGG_ACT
+from ..archs.srvgg.keys import check_act_type
 
 # Where trainers put the weights (spandrel's canonicalisation knows these too); params_ema,
 # the exponential moving average, is the better copy when a checkpoint has both.

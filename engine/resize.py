@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import InputImageError
+from ..errors import InputImageError
 
 RESAMPLE_METHODS = ("lanczos", "bicubic", "area", "bilinear", "nearest-exact")
 

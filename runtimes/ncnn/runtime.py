@@ -27,8 +27,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .ncnn_writer import GraphWriter
-from .windows import Window, for_each_window, windows
+from ...archs.windows import Window, for_each_window, windows
+from .writer import GraphWriter
 
 NCNN_WINDOW_FACTOR = 16  # measured: a window's live ncnn memory (padded copies, Winograd tiles, packing) is ~12x its widest map
 

@@ -1,5 +1,5 @@
 """Generic matching primitives over a parsed ncnn graph; the architectures' patterns
-(``archs/<name>/ncnn_pattern.py``) are written with them.
+(``rrdbnet.py``, ``srvgg.py``) are written with them.
 
 A ``Graph`` is walked backwards from its output blob. Every comparison is between resolved
 blobs (``Split`` outputs stand for their source), and every layer a pattern takes is marked
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import ModelLoadError
+from ...errors import ModelLoadError
 from .param_file import Layer
 
 RESIZE_MODES = {1: "nearest", 2: "bilinear", 3: "bicubic"}

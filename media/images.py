@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputImageError
+from ..errors import InputImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 Image.MAX_IMAGE_PIXELS = None  # huge inputs are a use case; memory is bounded by the engine

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
-from .archs import ARCHITECTURES, ModelSpec, OurModel
-from .archs.architecture import check_finite
-from .errors import ModelLoadError
+from ..archs import ModelSpec
+from ..archs.architecture import check_finite
+from ..errors import ModelLoadError
+from .descriptor import OurModel, build_model
 from .pickle_scan import is_whole_module, pickle_globals
 from .sniff import describe_contents, sniff, unwrap_state_dict
 from .spandrel_import import ImageModelDescriptor, ModelLoader
@@ -32,7 +33,7 @@ def load_model(path: str | Path, act_type: str | None = None) -> ImageModelDescr
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
     if path.suffix.lower() in (".param",) or _is_ncnn_bin(path):
-        from .ncnn_import import read_ncnn  # ncnn graphs are their own format
+        from .ncnn import read_ncnn  # ncnn graphs are their own format
 
         spec, resize = _wrap_errors(path, read_ncnn, path)
         return _wrap_errors(path, build_descriptor, spec, resize)
@@ -145,7 +146,7 @@ def _first_line(e: Exception) -> str:
 
 def build_descriptor(spec: ModelSpec, resize: tuple[float, str] | None = None) -> OurModel:
     """Our network for ``spec``, weights checked to fit exactly, wrapped for hosts."""
-    return ARCHITECTURES[spec.architecture].build(spec, resize)
+    return build_model(spec, resize)
 
 
 def _load_with_spandrel(path: Path, state: dict) -> ImageModelDescriptor:

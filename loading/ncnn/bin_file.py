@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelLoadError
+from ...errors import ModelLoadError
 from .param_file import Layer
 
 TAG_FP16 = 0x01306B47

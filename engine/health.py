@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-PACKAGE_ROOT = Path(__file__).resolve().parent
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,8 @@ def package_version() -> str | None:
 
 
 def _measured_backends() -> dict:
-    """The CPU backend "auto" chose for each network shape so far (archs/backend.py)."""
-    from .archs import backend
+    """The CPU backend "auto" chose for each network shape so far (runtimes/backend.py)."""
+    from ..runtimes import backend
 
     return {f"{arch} {'/'.join(map(str, key))} ({threads} threads)": choice
             for (arch, key, threads), choice in backend.measured().items()}

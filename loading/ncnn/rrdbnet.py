@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...ncnn_import.graph import TOL, Conv, Graph, Match, mode1_channel_order
-from ...ncnn_import.param_file import Layer
-from .keys import NAME
+from ...archs.rrdbnet import NAME
+from .graph import TOL, Conv, Graph, Match, mode1_channel_order
+from .param_file import Layer
 
 RRDB_SLOPE = 0.2  # LeakyReLU slope inside RRDBNet
 RESIDUAL_SCALE = 0.2  # RDB / RRDB residual scaling

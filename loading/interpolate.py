@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from .archs import OurModel
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
+from .descriptor import OurModel
 from .spandrel_import import ImageModelDescriptor
 
 

@@ -1,4 +1,4 @@
-"""SRVGGNetCompact on the ncnn backend (``archs/ncnn_runtime.py``): the conv body is one ncnn
+"""SRVGGNetCompact on the ncnn backend (``runtimes/ncnn/runtime.py``): the conv body is one ncnn
 stage run window by window; each window's pixel shuffle and nearest-upscaled base are added in
 torch, so no full-size feature map exists. Equal to the reference network to fp32 rounding."""
 from __future__ import annotations
@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..ncnn_runtime import NCNN_WINDOW_FACTOR, Stage, StageCache, ncnn_weight_bytes, run_in_windows
-from ..ncnn_writer import GraphWriter
-from ..windows import Window, even_spans, worker_count
-from .network import SRVGGNetCompact
+from ...archs.srvgg.inference import SRVGGPlan
+from ...archs.srvgg.network import SRVGGNetCompact
+from ...archs.windows import Window, even_spans, worker_count
+from .runtime import NCNN_WINDOW_FACTOR, Stage, StageCache, ncnn_weight_bytes, run_in_windows
+from .writer import GraphWriter
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,22 @@ class SRVGGNcnnPlan:
 
     def map_channels(self, net: SRVGGNetCompact) -> int:
         return 0  # no full-size feature map
+
+
+PLAN = SRVGGNcnnPlan
+
+
+def probe_key(net: SRVGGNetCompact) -> tuple:
+    """What decides the backends' relative speed (``speed_probe`` is measured once per key)."""
+    return net.num_feat, net.receptive_radius, net.act_type
+
+
+def speed_probe(net: SRVGGNetCompact) -> dict:
+    """The whole network over the same two 96 px windows on each backend."""
+    side = 96
+    x = torch.rand(1, net.num_in_ch, side, 2 * side)
+    torch_plan, ncnn_plan = SRVGGPlan(window=(side, side), whole_map_max_pixels=0), SRVGGNcnnPlan(window=side)
+    return {"torch": lambda: torch_plan.run(net, x), "ncnn": lambda: ncnn_plan.run(net, x)}
 
 
 def _body(net: SRVGGNetCompact) -> Stage:

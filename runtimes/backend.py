@@ -2,7 +2,7 @@
 ``ncnn`` package is installed).
 
 "auto" is measured, not guessed: the first time a network of a given shape runs on the CPU, a
-small representative piece of it (``OurArchitecture.speed_probe``) is timed on both backends
+small representative piece of it (``speed_probe`` in ``ncnn/<network>.py``) is timed on both backends
 and the faster one is kept, for the process and in a small cache file (per CPU model, thread
 count and library versions), so a later process — each CLI call, each host start — does not
 pay the probe again. The engine reports which one ran
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputImageError
-from . import ncnn_runtime
+from . import ncnn
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,9 @@ def _ncnn_unusable(model, device: torch.device, dtype: torch.dtype) -> str | Non
         return f"it runs on the CPU only, not {device.type}"
     if dtype != torch.float32:
         return "it runs in fp32 only"
-    if getattr(model, "our_architecture", None) is None or model.our_architecture.ncnn_plan_class is None:
+    if getattr(model, "our_architecture", None) is None or ncnn.network_support(model.our_architecture.name) is None:
         return "it runs our RRDBNet and SRVGGNetCompact networks only"
-    if not ncnn_runtime.available():
+    if not ncnn.available():
         return "the ncnn package is not installed (pip install ncnn)"
     return None
 
@@ -110,7 +110,8 @@ def current(model, x_or_device) -> str:
 
 def _faster(model) -> str:
     arch, net = model.our_architecture, model.network
-    key = (arch.name, arch.probe_key(net), torch.get_num_threads())
+    support = ncnn.network_support(arch.name)
+    key = (arch.name, support.probe_key(net), torch.get_num_threads())
     with _measure_lock:
         if key not in _measured:
             stored = _cache_key(key)
@@ -118,7 +119,7 @@ def _faster(model) -> str:
             if cached in ("torch", "ncnn"):
                 _measured[key] = cached
             else:
-                _measured[key] = _measure(arch.speed_probe(net))
+                _measured[key] = _measure(support.speed_probe(net))
                 log.info("backend for %s on this CPU: %s (measured)", arch.name, _measured[key])
                 _write_cache(stored, _measured[key])
         return _measured[key]
@@ -133,10 +134,11 @@ def cache_file() -> Path:
 
 def _cache_key(key: tuple) -> str:
     """What the measurement depends on: the network's shape, threads, this CPU, both libraries."""
-    import ncnn
+    import ncnn as ncnn_package
 
     arch, shape, threads = key
-    return f"{arch} {'/'.join(map(str, shape))} | {threads} threads | {cpu_name()} | torch {torch.__version__} | ncnn {ncnn.__version__}"
+    return (f"{arch} {'/'.join(map(str, shape))} | {threads} threads | {cpu_name()} | torch {torch.__version__} "
+            f"| ncnn {ncnn_package.__version__}")
 
 
 def cpu_name() -> str:

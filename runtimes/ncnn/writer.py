@@ -1,5 +1,5 @@
 """Writes ncnn graphs (.param text and .bin weights) from torch weights, the way onnx2ncnn and
-pnnx lay them out. The ncnn backend (``archs/ncnn_runtime.py``) builds its networks with it in
+pnnx lay them out. The ncnn backend (``runtimes/ncnn/runtime.py``) builds its networks with it in
 memory; the tests write files with it."""
 from __future__ import annotations
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...archs.srvgg import NAME
 from ...errors import ModelLoadError
-from ...ncnn_import.graph import Conv, Graph, Match, act_text, mode1_channel_order
-from ...ncnn_import.param_file import Layer
-from .keys import NAME
+from .graph import Conv, Graph, Match, act_text, mode1_channel_order
+from .param_file import Layer
 
 SRVGG_LEAKY_SLOPE = 0.1
 # how this architecture's output is produced, for the error when no pattern recognises a graph

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelLoadError
+from ...errors import ModelLoadError
 
 NCNN_MAGIC = 7767517
 
