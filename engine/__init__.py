@@ -11,6 +11,7 @@ from .interface import Choices, Host, RunReport, Upscaled
 from .memory import available_memory
 from .run import upscale
 from .settings import PRECISIONS
+from .stream import upscale_stream
 
 __all__ = ["PRECISIONS", "Choices", "Host", "RunReport", "Upscaled", "available_memory", "call_model",
-           "is_out_of_memory", "upscale"]
+           "is_out_of_memory", "upscale", "upscale_stream"]

@@ -18,7 +18,7 @@ class Host:
     progress: Callable[[float, int], None] | None = None  # (tiles done, fractional within a tile; total tiles)
     check_cancel: Callable[[], None] | None = None  # raises to stop; runs before every tile and window
     output_device: torch.device | str = "cpu"  # where the result goes
-    output_dtype: torch.dtype = torch.float32
+    output_dtype: torch.dtype = torch.float32  # or float16, bfloat16, uint8 (round(x * 255), made on the device)
     offload_device: torch.device | str = "cpu"  # where the model goes afterwards, even on error or cancel (unless place_model)
     free_memory: Callable[[torch.device], int] = available_memory  # bytes free on a device now
     make_room: Callable[[torch.device, int], None] | None = None  # asked to free this many bytes before the run
@@ -43,6 +43,7 @@ class Choices:
     resample: str | None = None  # how the model output is brought to that size (resize.RESAMPLE_METHODS)
     passes: int | str | None = None  # model passes: None = 1; "auto" or N = again on its output while the target needs it
     backend: str | None = None  # "auto", "torch" or "ncnn" (runtimes/backend.py); None: $REALESRGAN_TILED_BACKEND, else auto
+    batch_size: int | None = None  # whole frames per forward (frames.py); None: as many as fit on a GPU, one on the CPU
 
 
 @dataclass

@@ -148,6 +148,23 @@ def target_size(h: int, w: int, scale: int, size, factor) -> tuple[int, int]:
     return h * scale, w * scale
 
 
+OUTPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8)
+
+
+def to_output(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Model output (0..1) in the consumer's dtype: uint8 is ``round(x * 255)`` (bytes for an
+    encoder or a PNG: a quarter of fp32's), the float types a plain cast."""
+    if dtype == torch.uint8:
+        return x.clamp(0, 1).mul_(255).round_().to(torch.uint8)
+    return x.to(dtype)
+
+
+def check_output_dtype(dtype: torch.dtype) -> None:
+    if dtype not in OUTPUT_DTYPES:
+        raise InputImageError(f"output dtype {dtype} is not supported; choose one of "
+                              f"{', '.join(str(d) for d in OUTPUT_DTYPES)}")
+
+
 def check_output_fits(batch: int, size: tuple[int, int], channels: int, dtype: torch.dtype, free: int) -> None:
     """Refuse up front a result that cannot fit in memory: Linux would hand out the pages
     lazily and the OOM killer would end the whole host process (ComfyUI) half-way instead."""
