@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -24,6 +25,7 @@ import traceback
 import warnings
 from pathlib import Path
 
+import gpu_pipeline  # bench/, beside this script
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -369,6 +371,8 @@ def main(argv=None) -> int:
     for name in ("environment", "fidelity", "tiled_vs_whole", "auto_tile_and_memory", "throughput", "engine_profile",
                  "layout", "against_core", "real_oom", "nan_guard", "cancel_in_a_tile", "syncs_per_tile"):
         checker.run(name, getattr(checker, name))
+    for name in ("video_batch", "syncs_per_frame"):  # the GPU pipeline's sections
+        checker.run(name, functools.partial(getattr(gpu_pipeline, name), checker))
     report = {"passed": all(s.get("passed") for s in checker.sections.values()), "sections": checker.sections}
     text = json.dumps(report, indent=1)
     print(text)

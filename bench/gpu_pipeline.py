@@ -1,0 +1,107 @@
+"""bench/gpu_check.py's sections for the GPU pipeline (engine/frames.py, engine/stream.py): a
+video-sized IMAGE batch host to host against the network alone, a batch-size sweep, fp32 /
+fp16 / uint8 output, host syncs per frame, and the network's achieved TFLOP/s against the
+card's dense fp16 peak. Each takes the Checker (device, toy sizes on a dry run)."""
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+
+import torch
+
+# dense fp16 tensor-core TFLOP/s (fp32 accumulate), from the vendors' data sheets
+DENSE_FP16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L4": 121.0,
+                     "RTX 4090": 165.0}
+
+
+def card_peak(name: str) -> float | None:
+    for key in sorted(DENSE_FP16_TFLOPS, key=len, reverse=True):  # "H100 PCIe" before "H100"
+        if key.lower() in name.lower():
+            return DENSE_FP16_TFLOPS[key]
+    return None
+
+
+def conv_flops(net: torch.nn.Module, height: int, width: int) -> float:
+    """Multiply-adds x 2 of every convolution of one forward at this input size (the network's
+    useful work; activations and adds are noise beside it)."""
+    total = [0.0]
+
+    def count(module, inputs, output):
+        k = module.kernel_size[0] * module.kernel_size[1]
+        total[0] += 2.0 * module.in_channels // module.groups * module.out_channels * k * output.shape[-2] * output.shape[-1]
+
+    shapes = copy.deepcopy(net).to("meta")  # shapes only: no memory, no arithmetic
+    for m in shapes.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(count)
+    with torch.inference_mode():
+        shapes(torch.empty(1, shapes.num_in_ch if hasattr(shapes, "num_in_ch") else 3, height, width, device="meta"))
+    return total[0]
+
+
+def _frames(checker, side_h: int, side_w: int, n: int) -> torch.Tensor:
+    from gpu_check import photo
+
+    big = photo(max(side_h, side_w))[0]
+    return big[:side_h, :side_w].unsqueeze(0).expand(n, -1, -1, -1).contiguous()
+
+
+def video_batch(checker) -> dict:
+    """animevideov3 1080p -> 4K, a 64-frame IMAGE batch host to host, fp16 compute: fps per output
+    dtype and per batch size, against the network alone on the same frames."""
+    from realesrgan_tiled.engine import Choices, Host, upscale
+
+    model = checker.models["realesr-animevideov3-x4"]
+    h, w, n = checker.size(1080, 24), checker.size(1920, 32), checker.size(64, 4)
+    images = _frames(checker, h, w, n)
+    rows = {}
+
+    def engine_fps(batch_size, out_dtype):
+        host = Host(device=checker.device, output_dtype=out_dtype)
+        seconds, result = checker.timed(lambda: upscale(images, model, Choices(batch_size=batch_size), host))
+        return n / seconds, result.ran
+
+    for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("uint8", torch.uint8)):
+        fps, ran = engine_fps(None, dtype)
+        rows[f"engine_auto_batch_{name}_fps"] = round(fps, 2)
+    rows["precision"] = ran.precision
+    rows["sweep_uint8_fps"] = {str(b): round(engine_fps(b, torch.uint8)[0], 2) for b in (1, 2, 4, 8, 16) if b <= n}
+    k = max(int(b) for b in rows["sweep_uint8_fps"])
+    x = images[:k].movedim(-1, 1).to(checker.device)
+    half = checker.device.type == "cuda"
+    with torch.inference_mode(), torch.autocast(checker.device.type, dtype=torch.float16, enabled=half):
+        model.to(checker.device)
+        net_s, _ = checker.timed(model, x)
+    rows["network_alone_fps"] = round(k / net_s, 2)
+    best = max(rows["sweep_uint8_fps"].values())
+    rows["engine_vs_network"] = round(best / rows["network_alone_fps"], 3)
+    flops = conv_flops(model.network, h, w) * k
+    rows["network_tflops"] = round(flops / net_s / 1e12, 2)
+    name = torch.cuda.get_device_name(checker.device) if checker.device.type == "cuda" else "cpu"
+    peak = card_peak(name)
+    rows.update(card=name, dense_fp16_peak_tflops=peak,
+                percent_of_peak=round(100 * rows["network_tflops"] / peak, 1) if peak else None,
+                goals={"engine >= 0.85x network": rows["engine_vs_network"] >= 0.85, "fps >= 60": best >= 60})
+    return {"passed": True, "frames": f"{n} x {w}x{h}", **rows}
+
+
+def syncs_per_frame(checker) -> dict:
+    if checker.device.type != "cuda":
+        return {"passed": True, "skipped": "needs CUDA"}
+    from realesrgan_tiled.engine import Choices, Host, upscale
+
+    model = checker.models["realesr-animevideov3-x4"]
+    images = _frames(checker, 540, 960, 16)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            t = time.perf_counter()
+            ran = upscale(images, model, Choices(batch_size=8), Host(device=checker.device, output_dtype=torch.uint8)).ran
+            seconds = time.perf_counter() - t
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    syncs = sum("synchroniz" in str(w.message) for w in caught)
+    return {"passed": True, "syncs": syncs, "frames": 16, "per_frame": round(syncs / 16, 2), "tiles": ran.tiles,
+            "seconds": round(seconds, 3)}
