@@ -1,5 +1,5 @@
-"""Command line: ``python -m realesrgan_tiled info MODEL --json``, ``… upscale INPUT … -o DIR`` and
-``… finetune --data HR_DIR --base MODEL -o OUT.safetensors``.
+"""Command line: ``python -m realesrgan_tiled info MODEL --json``, ``… upscale INPUT … -o DIR``,
+``… video INPUT … -o OUTPUT`` and ``… finetune --data HR_DIR --base MODEL -o OUT.safetensors``.
 
 User mistakes (bad files, bad options) end in one clear line on stderr and exit status 2,
 never a traceback; in ``upscale`` the other inputs are still processed.
@@ -47,29 +47,74 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("upscale", help="upscale image files or folders of images")
     up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     up.add_argument("-o", "--output", required=True, type=Path, help="output folder (PNG files)")
-    up.add_argument("--model", help="model file, or a bundled model name (default RealESRGAN_x4plus)")
-    size = up.add_mutually_exclusive_group()
-    size.add_argument("--scale", type=float, help="overall scale factor, e.g. 1.5 with an x4 model")
-    size.add_argument("--width", type=int, help="exact output width (with --height)")
-    up.add_argument("--height", type=int, help="exact output height (with --width)")
-    up.add_argument("--passes", default="1",
-                    help="model passes: 1 (default) runs the model once, then resamples to the size asked; auto runs it "
-                         "again on its output while the size asked needs it (up to 4); N: like auto, at most N")
-    up.add_argument("--tile", default="auto", help="tile size in px, or auto (default)")
-    up.add_argument("--overlap", type=int, help="tile overlap in px (default: chosen per model)")
-    up.add_argument("--precision", choices=PRECISIONS, help="default: auto (fp16 on CUDA, fp32 on CPU)")
-    up.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    up.add_argument("--backend", choices=BACKENDS,
-                    help="auto (default: on the CPU, the faster of torch and ncnn, measured), torch or ncnn (CPU, fp32)")
-    up.add_argument("--act", choices=ACT_TYPES, help="SRVGGNetCompact activation when the weights cannot tell")
-    up.add_argument("--interpolate", metavar="MODEL_B",
-                    help="blend --model with this model of the same architecture, weight by weight (network interpolation)")
-    up.add_argument("--interpolate-weight", type=float, default=0.5, metavar="W",
-                    help="how much of MODEL_B in the blend, 0..1 (default 0.5; 0 = --model alone)")
+    add_model_flags(up)
     up.add_argument("--quiet", action="store_true", help="no progress bar")
     up.set_defaults(func=_cmd_upscale)
+    from .video.cli import add_parser as add_video
+
+    add_video(sub, add_model_flags, _cmd_video)
     _add_finetune(sub)
     return parser
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """The model, size, tile, precision, device and backend flags ``upscale`` and ``video`` share."""
+    p.add_argument("--model", help="model file, or a bundled model name (default RealESRGAN_x4plus)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--scale", type=float, help="overall scale factor, e.g. 1.5 with an x4 model")
+    size.add_argument("--width", type=int, help="exact output width (with --height)")
+    p.add_argument("--height", type=int, help="exact output height (with --width)")
+    p.add_argument("--passes", default="1",
+                   help="model passes: 1 (default) runs the model once, then resamples to the size asked; auto runs it "
+                        "again on its output while the size asked needs it (up to 4); N: like auto, at most N")
+    p.add_argument("--tile", default="auto", help="tile size in px, or auto (default)")
+    p.add_argument("--overlap", type=int, help="tile overlap in px (default: chosen per model)")
+    p.add_argument("--precision", choices=PRECISIONS, help="default: auto (fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="auto (default: on the CPU, the faster of torch and ncnn, measured), torch or ncnn (CPU, fp32)")
+    p.add_argument("--act", choices=ACT_TYPES, help="SRVGGNetCompact activation when the weights cannot tell")
+    p.add_argument("--interpolate", metavar="MODEL_B",
+                   help="blend --model with this model of the same architecture, weight by weight (network interpolation)")
+    p.add_argument("--interpolate-weight", type=float, default=0.5, metavar="W",
+                   help="how much of MODEL_B in the blend, 0..1 (default 0.5; 0 = --model alone)")
+
+
+def _choices(args):
+    """``Choices`` from the shared model flags."""
+    from .engine import Choices
+    from .errors import InputImageError
+
+    if (args.width is None) != (args.height is None):
+        raise InputImageError("--width and --height go together")
+    return Choices(
+        tile_size=None if args.tile == "auto" else _positive_int(args.tile, "--tile"),
+        overlap=args.overlap,
+        precision=args.precision,
+        output_scale=args.scale,
+        output_size=None if args.width is None else (args.height, args.width),
+        passes="auto" if args.passes == "auto" else _positive_int(args.passes, "--passes", "a whole number or 'auto'"),
+        backend=args.backend,
+    )
+
+
+def _model(args):
+    """The model the shared flags name (blended with --interpolate's)."""
+    from .loading import load_model
+    from .loading.bundled import model_path
+
+    model = load_model(model_path(args.model), act_type=args.act)
+    if args.interpolate is not None:
+        from .loading.interpolate import interpolate
+
+        model = interpolate(model, load_model(model_path(args.interpolate), act_type=args.act), args.interpolate_weight)
+    return model
+
+
+def _cmd_video(args) -> int:
+    from .video.cli import run
+
+    return run(args, _choices, _model)
 
 
 def _add_finetune(sub) -> None:
@@ -147,28 +192,11 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_upscale(args) -> int:
-    from .engine import Choices
     from .errors import InputImageError
-    from .loading import load_model
-    from .loading.bundled import model_path
     from .media.images import collect_inputs
 
-    if (args.width is None) != (args.height is None):
-        raise InputImageError("--width and --height go together")
-    choices = Choices(
-        tile_size=None if args.tile == "auto" else _positive_int(args.tile, "--tile"),
-        overlap=args.overlap,
-        precision=args.precision,
-        output_scale=args.scale,
-        output_size=None if args.width is None else (args.height, args.width),
-        passes="auto" if args.passes == "auto" else _positive_int(args.passes, "--passes", "a whole number or 'auto'"),
-        backend=args.backend,
-    )
-    model = load_model(model_path(args.model), act_type=args.act)
-    if args.interpolate is not None:
-        from .loading.interpolate import interpolate
-
-        model = interpolate(model, load_model(model_path(args.interpolate), act_type=args.act), args.interpolate_weight)
+    choices = _choices(args)
+    model = _model(args)
     paths = collect_inputs(args.inputs)
     if not paths:
         raise InputImageError("no input images found")

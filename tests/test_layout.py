@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = "realesrgan_tiled"
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE_DIRS = ("archs", "engine", "loading", "media", "nodes", "runtimes", "sdwebui", "train")
+SOURCE_DIRS = ("archs", "engine", "loading", "media", "nodes", "runtimes", "sdwebui", "train", "video")
 ENTRY_POINTS = ("__init__", "__main__", "cli", "install", "preload")
 
 # Lower ranks are imported by higher ones, never the other way; one rank's rooms do not import
@@ -22,7 +22,7 @@ RANK = {
     "runtimes": 2,
     "loading": 3,
     "engine": 4,
-    "train": 5,
+    "train": 5, "video": 5,
     "nodes": 6, "sdwebui": 6,
     "entry": 7,
 }
