@@ -116,7 +116,7 @@ def _place(model, device: torch.device, host: Host) -> None:
     if host.place_model is not None:
         host.place_model(device, 0)
     elif host.make_room is not None:
-        host.make_room(device, _weight_bytes(model))
+        host.make_room(device, weight_bytes(model))
     # after the manager's load a no-op, unless another node moved the model behind its back
     # (ComfyUI 0.3's core upscale node ends with .to("cpu")), which the manager cannot see
     model.to(device)
@@ -140,7 +140,7 @@ def _offload_quietly(model, device) -> None:
         log.warning("could not move the model off the device after an error: %s", e)
 
 
-def _weight_bytes(model) -> int:
+def weight_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in model.model.state_dict().values())
 
 

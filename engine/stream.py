@@ -17,7 +17,7 @@ import torch
 from ..errors import InputImageError
 from . import settings
 from .interface import Choices, Host
-from .run import upscale
+from .run import upscale, weight_bytes
 
 GPU_CHUNK = 8  # frames per call off the CPU: room for the engine's batching, few frames in flight
 
@@ -63,8 +63,7 @@ def _placed_once(model, host: Host):
             return
         asked.add((device, working_set))
         if host.make_room is not None:
-            weights = sum(t.numel() * t.element_size() for t in model.model.state_dict().values())
-            host.make_room(device, working_set or weights)
+            host.make_room(device, working_set or weight_bytes(model))
 
     return place
 

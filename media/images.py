@@ -130,13 +130,14 @@ def write_png_array(path: Path, arr: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def collect_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given, folders expanded to their images (sorted, not recursive)."""
+def collect_inputs(inputs: list[str], suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    """Files as given, folders expanded to their files with these suffixes (images by default;
+    sorted, not recursive)."""
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
+            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in suffixes and q.is_file())
         else:
             paths.append(p)
     return paths

@@ -251,17 +251,6 @@ def _scan(container, stream, path: Path) -> tuple[np.ndarray, np.ndarray, int]:
     return pts_sorted, keyframe, int(last[1])
 
 
-def collect_videos(inputs: list[str]) -> list[Path]:
-    """Files as given, folders expanded to their videos (sorted, not recursive)."""
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in VIDEO_SUFFIXES and q.is_file())
-        else:
-            paths.append(p)
-    return paths
-
 
 def _why(e: Exception) -> str:
     return getattr(e, "strerror", None) or str(e)

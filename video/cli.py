@@ -53,12 +53,13 @@ def require_av() -> None:
 def run(args: argparse.Namespace, choices_from, model_from) -> int:
     """Every input in turn; a failure is one ``error:`` line and the rest are still done."""
     require_av()
-    from ..media.video_files import collect_videos
+    from ..media.images import collect_inputs
+    from ..media.video_files import VIDEO_SUFFIXES
     from .pipeline import VideoJob, upscale_video
 
     _check_numbers(args)
     choices = replace(choices_from(args), batch_size=args.batch_size)
-    jobs = _outputs(args.inputs, args.output, collect_videos(args.inputs))
+    jobs = _outputs(args.inputs, args.output, collect_inputs(args.inputs, VIDEO_SUFFIXES))
     model = model_from(args)
     failures = 0
     for source, output in jobs:
