@@ -101,7 +101,8 @@ def speeds(clip: Path, work: Path, model_name: str, backend: str, rounds: int, c
         best["encoder"] = max(best["encoder"], n / (time.perf_counter() - start))
 
         start = time.perf_counter()
-        upscale_video(VideoJob(clip, work / "e2e.mp4", codec=codec, overwrite=True), model, choices, "cpu", note=lambda line: None)
+        job = VideoJob(clip, work / "e2e.mp4", codec=codec, overwrite=True)
+        upscale_video(job, model, choices, Host(device="cpu"), note=lambda line: None)
         best["end to end"] = max(best["end to end"], n / (time.perf_counter() - start))
         with av.open(str(work / "e2e.mp4")) as c:
             assert sum(1 for _ in c.decode(video=0)) == n

@@ -136,6 +136,7 @@ class PartWriter:
                  rate: Fraction | None, sample_aspect: Fraction | None = None):
         self.path, self.tmp = path, path.with_name(path.name + ".tmp")
         self.encoding, self.frames = encoding, 0
+        self.time_base = time_base  # the frames' clock; the muxer may give the stream another (MP4: 1/1000 -> 1/16000)
         self.rgb = "rgb48le" if encoding.bits > 8 else "rgb24"
         self.reformatter = VideoReformatter()
         if encoding.codec == "libsvtav1":
@@ -163,12 +164,15 @@ class PartWriter:
         frame = self.reformatter.reformat(frame, format=self.encoding.pix_fmt, src_colorspace=sws_matrix(colour),
                                           dst_colorspace=sws_matrix(colour), src_color_range=ColorRange.JPEG,
                                           dst_color_range=sws_range(colour), interpolation="BICUBIC")
-        frame.pts, frame.time_base = pts, self.stream.time_base
+        frame.pts, frame.time_base = pts, self.time_base
         try:
             packets = self.stream.encode(frame)
         except (av.error.FFmpegError, ValueError) as e:
             raise InputImageError(f"{self.encoding.codec} could not encode ({e}); is its hardware here?") from None
-        self.out.mux(packets)
+        try:
+            self.out.mux(packets)
+        except av.error.FFmpegError as e:
+            raise InputImageError(f"{self.path.name}: the {self.encoding.container} muxer refused a frame ({e})") from None
         self.frames += 1
 
     def finish(self) -> None:

@@ -102,6 +102,21 @@ def resolve_model_path(model_name: str) -> str:
     return path
 
 
+def new_temp_folder(kind: str) -> str:
+    """A fresh folder under ComfyUI's temp directory (emptied at every start, so a killed run
+    leaves nothing for long), else under the system's."""
+    import tempfile
+
+    try:
+        import folder_paths
+        base = os.path.join(folder_paths.get_temp_directory(), "realesrgan_tiled")
+    except ImportError:
+        base = None
+    if base:
+        os.makedirs(base, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f"{kind}-", dir=base)
+
+
 # ---------------------------------------------------------------- model management
 
 def torch_device() -> torch.device:

@@ -4,14 +4,15 @@ contract: saved workflows and API graphs refer to them (tests/test_node_contract
 from __future__ import annotations
 
 try:  # the pinned API version where the host has it; the docs promise it stays
-    from comfy_api.v0_0_2 import ComfyExtension, io
+    from comfy_api.v0_0_2 import ComfyExtension, InputImpl, io
 except ImportError:
-    from comfy_api.latest import ComfyExtension, io
+    from comfy_api.latest import ComfyExtension, InputImpl, io
 
 from ..engine import PRECISIONS
 from ..engine.resize import RESAMPLE_METHODS
 from . import _host
 from .upscale import hires_fix_upscale, interpolate_upscale_models, load_upscale_model, upscale_image_tiled
+from .video import VIDEO_CODECS, upscale_images_to_video_file, upscale_video_file
 
 MAX_SIDE = 16384
 MODEL_PASSES = ("1", "auto", "2", "3", "4")
@@ -154,9 +155,86 @@ class HiresFixUpscale(io.ComfyNode):
                                                 upscale_model, vae, model_passes))
 
 
+def _tile_inputs() -> list:
+    """tile_size, overlap and precision, as Upscale Image Tiled has them."""
+    return [
+        io.Int.Input("tile_size", default=0, min=0, max=8192, step=8,
+                     tooltip="Tile side in input pixels. 0 = auto (largest that fits the free memory)."),
+        io.Int.Input("overlap", default=0, min=0, max=512, step=1,
+                     tooltip="Tile overlap in input pixels. 0 = auto (enough for the model's receptive field)."),
+        io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
+                       tooltip="auto = fp16 on CUDA where the model supports it (non-finite tiles are re-run in fp32), "
+                               "fp32 on CPU."),
+    ]
+
+
+def _encoder_inputs() -> list:
+    return [
+        io.Combo.Input("codec", options=list(VIDEO_CODECS), default="libx264",
+                       tooltip="Encoder of the upscaled video (an .mp4, which Save Video copies as it is): libx264 "
+                               "(H.264, plays everywhere), libx265 (H.265), libsvtav1 (AV1)."),
+        io.Int.Input("crf", default=-1, min=-1, max=63, step=1,
+                     tooltip="Constant quality, lower is better. -1 = the codec's default (18 libx264, 20 libx265, "
+                             "28 libsvtav1)."),
+    ]
+
+
+class UpscaleVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RealESRGAN_UpscaleVideo",
+            display_name="Upscale Video (Real-ESRGAN)",
+            category=_host.CATEGORY,
+            description=(
+                "Upscales a VIDEO (from Load Video) frame by frame with the tiled engine and encodes it as it goes, so "
+                "memory does not grow with the video's length. Audio and subtitles are copied, timestamps, rotation "
+                "and colour tags kept. The result is a file in ComfyUI's temp folder: connect Save Video to keep it."
+            ),
+            inputs=[io.UpscaleModel.Input("upscale_model"), io.Video.Input("video"), *_tile_inputs(), *_encoder_inputs()],
+            outputs=[io.Video.Output()],
+        )
+
+    @classmethod
+    def execute(cls, upscale_model, video, tile_size, overlap, precision, codec, crf):
+        path = upscale_video_file(upscale_model, video, tile_size, overlap, precision, codec, crf)
+        return io.NodeOutput(InputImpl.VideoFromFile(path))
+
+
+class UpscaleImagesToVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RealESRGAN_UpscaleImagesToVideo",
+            display_name="Upscale Images to Video (Real-ESRGAN)",
+            category=_host.CATEGORY,
+            description=(
+                "Upscales an IMAGE batch of frames (from a VAE or VideoHelperSuite's Load Video) and encodes them one "
+                "by one into a VIDEO, with the audio if connected, so the upscaled frames are never all in memory "
+                "(Upscale Image Tiled returns them all as one IMAGE batch). Alpha is dropped: video has none."
+            ),
+            inputs=[io.UpscaleModel.Input("upscale_model"), io.Image.Input("images"),
+                    io.Float.Input("fps", default=24.0, min=0.01, max=1000.0, step=0.01,
+                                   tooltip="Frame rate of the frames (23.976, 29.97 and 59.94 are kept exact)."),
+                    *_tile_inputs(), *_encoder_inputs(),
+                    io.Audio.Input("audio", optional=True, tooltip="Sound to go with the frames, cut at the last frame.")],
+            outputs=[io.Video.Output()],
+        )
+
+    @classmethod
+    def execute(cls, upscale_model, images, fps, tile_size, overlap, precision, codec, crf, audio=None):
+        path = upscale_images_to_video_file(upscale_model, images, fps, tile_size, overlap, precision, codec, crf, audio)
+        return io.NodeOutput(InputImpl.VideoFromFile(path))
+
+
+def video_nodes() -> list[type[io.ComfyNode]]:
+    """The video nodes, where this ComfyUI has the VIDEO type (and PyAV, which it requires)."""
+    return [UpscaleVideo, UpscaleImagesToVideo] if hasattr(io, "Video") and hasattr(InputImpl, "VideoFromFile") else []
+
+
 class RealESRGANTiled(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [LoadUpscaleModel, UpscaleImageTiled, HiresFixUpscale, InterpolateUpscaleModels]
+        return [LoadUpscaleModel, UpscaleImageTiled, HiresFixUpscale, InterpolateUpscaleModels, *video_nodes()]
 
 
 async def comfy_entrypoint() -> RealESRGANTiled:

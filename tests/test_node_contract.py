@@ -30,6 +30,17 @@ CONTRACT = {  # node id -> (display name, [(input, io type, optional)], [(output
         "Interpolate Upscale Models (Real-ESRGAN)",
         [("model_a", "UpscaleModel", False), ("model_b", "UpscaleModel", False), ("weight", "Float", False)],
         [("UpscaleModel", "upscale_model")]),
+    "RealESRGAN_UpscaleVideo": (
+        "Upscale Video (Real-ESRGAN)",
+        [("upscale_model", "UpscaleModel", False), ("video", "Video", False), ("tile_size", "Int", False),
+         ("overlap", "Int", False), ("precision", "Combo", False), ("codec", "Combo", False), ("crf", "Int", False)],
+        [("Video", None)]),
+    "RealESRGAN_UpscaleImagesToVideo": (
+        "Upscale Images to Video (Real-ESRGAN)",
+        [("upscale_model", "UpscaleModel", False), ("images", "Image", False), ("fps", "Float", False),
+         ("tile_size", "Int", False), ("overlap", "Int", False), ("precision", "Combo", False),
+         ("codec", "Combo", False), ("crf", "Int", False), ("audio", "Audio", True)],
+        [("Video", None)]),
 }
 
 
@@ -46,10 +57,33 @@ def _literal(node, default=None):
     return default if node is None else ast.literal_eval(node)
 
 
+def _input_calls(elts: list, helpers: dict) -> list[ast.Call]:
+    """The inputs list, with ``*helper()`` (a module-level function returning a list of inputs) spread."""
+    calls = []
+    for e in elts:
+        if isinstance(e, ast.Starred):
+            calls += _input_calls(helpers[e.value.func.id], helpers)
+        else:
+            calls.append(e)
+    return calls
+
+
+def _list_helpers(tree: ast.Module) -> dict:
+    helpers = {}
+    for f in tree.body:
+        if isinstance(f, ast.FunctionDef):
+            returned = [n.value for n in ast.walk(f) if isinstance(n, ast.Return) and isinstance(n.value, ast.List)]
+            if returned:
+                helpers[f.name] = returned[0].elts
+    return helpers
+
+
 def declared_nodes() -> dict:
     """node id -> (display name, inputs, outputs, execute's parameter names, input defaults)."""
     out = {}
-    for cls in ast.parse(SCHEMA.read_text()).body:
+    tree = ast.parse(SCHEMA.read_text())
+    helpers = _list_helpers(tree)
+    for cls in tree.body:
         if not isinstance(cls, ast.ClassDef):
             continue
         methods = {f.name: f for f in cls.body if isinstance(f, ast.FunctionDef)}
@@ -58,9 +92,9 @@ def declared_nodes() -> dict:
         schema = next(n for n in ast.walk(methods["define_schema"])
                       if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "Schema")
         kw = _keywords(schema)
-        inputs = [(_literal(c.args[0]), _io_type(c), _literal(_keywords(c).get("optional"), False))
-                  for c in kw["inputs"].elts]
-        defaults = {_literal(c.args[0]): _literal(_keywords(c).get("default")) for c in kw["inputs"].elts}
+        calls = _input_calls(kw["inputs"].elts, helpers)
+        inputs = [(_literal(c.args[0]), _io_type(c), _literal(_keywords(c).get("optional"), False)) for c in calls]
+        defaults = {_literal(c.args[0]): _literal(_keywords(c).get("default")) for c in calls}
         outputs = [(_io_type(c), _literal(_keywords(c).get("display_name"))) for c in kw["outputs"].elts]
         params = [a.arg for a in methods["execute"].args.args[1:]]
         out[_literal(kw["node_id"])] = (_literal(kw["display_name"]), inputs, outputs, params, defaults)
@@ -85,3 +119,6 @@ def test_defaults_that_keep_saved_workflows_results():
     assert hires["scale_by"] == 2.0 and hires["multiple_of"] == 8
     tiled = declared_nodes()["RealESRGAN_UpscaleImageTiled"][4]
     assert tiled["tile_size"] == 0 and tiled["overlap"] == 0 and tiled["precision"] == "auto"
+    for video in ("RealESRGAN_UpscaleVideo", "RealESRGAN_UpscaleImagesToVideo"):
+        defaults = declared_nodes()[video][4]
+        assert (defaults["codec"], defaults["crf"], defaults["tile_size"], defaults["precision"]) == ("libx264", -1, 0, "auto")

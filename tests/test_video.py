@@ -139,6 +139,16 @@ def test_lossless_run_equals_the_image_path_frame_for_frame(tmp_path, capsys):
         assert np.array_equal(want, got)
 
 
+def test_matroska_to_mp4_keeps_every_timestamp(tmp_path, capsys):
+    """Matroska counts in 1/1000 s; the MP4 muxer re-times its stream (1/16000) once the first
+    packet is out, and the frames after that must still be on the source's clock."""
+    src = make_clip(tmp_path / "in.mkv", n=40, gop=20, audio=None)
+    for crf in ("0", "18"):
+        rc, err = video(src, "-o", tmp_path / "out.mp4", "--overwrite", "--crf", crf, capsys=capsys)
+        assert rc == 0, err
+        assert read(tmp_path / "out.mp4")["times"] == read(src)["times"]
+
+
 def test_variable_frame_rate_keeps_every_timestamp(tmp_path, capsys):
     pts = [0, 1, 3, 4, 7, 8, 9, 12, 14, 15, 16, 19]
     src = make_clip(tmp_path / "vfr.mkv", n=len(pts), pts=pts, gop=3, audio=None)

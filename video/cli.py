@@ -53,6 +53,7 @@ def require_av() -> None:
 def run(args: argparse.Namespace, choices_from, model_from) -> int:
     """Every input in turn; a failure is one ``error:`` line and the rest are still done."""
     require_av()
+    from ..engine import Host
     from ..media.images import collect_inputs
     from ..media.video_files import VIDEO_SUFFIXES
     from .pipeline import VideoJob, upscale_video
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace, choices_from, model_from) -> int:
                        args.overwrite, args.segment_frames, _settings(args))
         try:
             with _Bar(source.name, args.quiet) as bar:
-                upscale_video(job, model, choices, args.device, progress=bar.update)
+                upscale_video(job, model, choices, Host(device=args.device), progress=bar.update)
             if not args.quiet:
                 print(f"wrote {output}")
         except (RealESRGANTiledError, OSError) as e:

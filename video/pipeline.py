@@ -14,7 +14,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -49,12 +49,15 @@ class VideoJob:
     settings: dict = field(default_factory=dict)  # what else decides the result (model, size): kept in plan.json
 
 
-def upscale_video(job: VideoJob, model, choices: Choices, device=None,
+def upscale_video(job: VideoJob, model, choices: Choices, host: Host | None = None,
                   progress: Callable[[int, int], None] | None = None, note: Callable[[str], None] | None = None) -> Path:
     """Upscale ``job.source`` into ``job.output``; ``progress(frames done, total)`` after each
-    frame written (first with the frames of segments an earlier run finished). Resumable: a
-    killed run leaves ``OUTPUT.parts/`` and never an OUTPUT."""
+    frame written (first with the frames of segments an earlier run finished). ``host`` gives
+    the device, the cancel check and the model manager (its output device, dtype and per-tile
+    progress are the pipeline's own). Resumable: a killed run leaves ``OUTPUT.parts/`` and
+    never an OUTPUT."""
     note = note or (lambda line: print(f"note: {line}", file=sys.stderr))
+    host = host or Host()
     container_for(job.output)
     if job.output.resolve() == job.source.resolve():
         raise InputImageError(f"{job.output}: the output cannot be the input")
@@ -87,7 +90,7 @@ def upscale_video(job: VideoJob, model, choices: Choices, device=None,
     try:
         pending = [s for s in segments if s.index not in done]
         if pending:
-            run_segments(source, pending, encoding, shift, model, choices, device, work, advance, note)
+            run_segments(source, pending, encoding, shift, model, choices, host, work, advance, note)
         window = Window(start=_seconds(source, first) if job.start else None,
                         end=_seconds(source, end) if end < source.frames else None,
                         shift=float(shift * source.time_base))
@@ -124,7 +127,7 @@ def _seconds(source: VideoSource, index: int) -> float:
 
 
 def run_segments(source: VideoSource, pending: list[Segment], encoding: Encoding, shift: int, model, choices: Choices,
-                 device, work: WorkFolder, advance: Callable[[int], None], note: Callable[[str], None]) -> None:
+                 host: Host, work: WorkFolder, advance: Callable[[int], None], note: Callable[[str], None]) -> None:
     """Decode, upscale and encode the pending segments, each into its own finished part."""
     stop = threading.Event()
     decoded: queue.Queue = queue.Queue(QUEUE_FRAMES)
@@ -178,7 +181,8 @@ def run_segments(source: VideoSource, pending: list[Segment], encoding: Encoding
     for t in threads:
         t.start()
     dtype = torch.uint8 if encoding.bits <= 8 else torch.float32
-    stream = upscale_stream(frames(), model, choices, Host(device=device, output_dtype=dtype))
+    # frames leave the device in the encoder's dtype; progress counts frames (``advance``), not tiles
+    stream = upscale_stream(frames(), model, choices, replace(host, output_device="cpu", output_dtype=dtype, progress=None))
     try:
         for out in stream:
             seg, pts = meta.popleft()
