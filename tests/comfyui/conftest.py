@@ -52,6 +52,7 @@ def host_base(host, tmp_path_factory):
     Image.fromarray(np.dstack([photo, alpha]), "RGBA").save(base / "input" / "rgba.png")
     Image.fromarray(harness.sample_photo((96, 96))).save(base / "input" / "big.png")
     Image.fromarray(harness.sample_photo((256, 256))).save(base / "input" / "whole.png")
+    shutil.copy(harness.REPO / "assets" / "sample.mp4", base / "input" / "sample.mp4")  # the video example's input
     from realesrgan_tiled.loading.bundled import bundled_model_path
 
     param = bundled_model_path("realesr-animevideov3-x2")

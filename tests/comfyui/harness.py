@@ -34,6 +34,7 @@ API_DIR = Path(__file__).resolve().parent / "workflows_api"
 EXAMPLES_DIR = REPO / "example_workflows"
 SD15_BUILDER = Path(os.environ.get("COMFY_SD15_BUILDER", REPO.parent / "shared" / "comfyui" / "make_random_sd15.py"))
 NODE_IDS = ("RealESRGAN_LoadUpscaleModel", "RealESRGAN_UpscaleImageTiled", "RealESRGAN_HiresFixUpscale",
+            "RealESRGAN_UpscaleVideo", "RealESRGAN_UpscaleImagesToVideo",
             "RealESRGAN_InterpolateUpscaleModels")
 COPY_IGNORE = shutil.ignore_patterns(".venv*", ".git", "__pycache__", "*.egg-info", ".pytest_cache",
                                      ".hypothesis", "out", "build", "dist", "*.pyc")
@@ -237,11 +238,11 @@ def combo_options(spec: list) -> list:
 
 
 def with_unique_prefix(prompt: dict) -> dict:
-    """A copy whose SaveImage prefixes are unique, so ComfyUI's cache never serves an old result."""
+    """A copy whose SaveImage/SaveVideo prefixes are unique, so ComfyUI's cache never serves an old result."""
     prompt = json.loads(json.dumps(prompt))
     tag = uuid.uuid4().hex[:8]
     for node in prompt.values():
-        if node["class_type"] == "SaveImage":
+        if node["class_type"] in ("SaveImage", "SaveVideo"):
             node["inputs"]["filename_prefix"] = f"{node['inputs'].get('filename_prefix', 'ComfyUI')}_{tag}"
     return prompt
 

@@ -2,7 +2,9 @@
 through the real frontend: it loads each twin as the frontend loads a dropped API json, lays it
 out, and saves the UI-format workflow it would save; the thumbnail is a picture of the graph.
 
-    COMFYUI_DIR=... COMFY_PYTHON=... .venv/bin/python tests/comfyui/make_example_workflows.py
+    COMFYUI_DIR=... COMFY_PYTHON=... .venv/bin/python tests/comfyui/make_example_workflows.py [NAME ...]
+
+(with names, only those workflows are made again)
 
 The API twins stay the source of truth; tests/comfyui/test_browser.py checks that the frontend
 turns each saved workflow back into exactly its twin.
@@ -31,6 +33,12 @@ SD15_NOTE = (
     "The first KSampler makes a 512x512 image; Hires-Fix Upscale (Real-ESRGAN) upscales it x2 with the model "
     "and encodes it with the VAE; the second KSampler refines it at denoise 0.5."
 )
+VIDEO_NOTE = (
+    "Pick your video in Load Video (or upload one). sample.mp4 is this pack's assets/sample.mp4: copy it into "
+    "ComfyUI/input to run the example as it is.\n\n"
+    "Upscale Video (Real-ESRGAN) decodes, upscales and encodes frame by frame, so memory does not grow with the "
+    "video's length; the audio is copied. Save Video then copies the result into output/video/ without encoding again."
+)
 
 
 def polish(name: str, workflow: dict) -> dict:
@@ -48,11 +56,13 @@ def polish(name: str, workflow: dict) -> dict:
     preview = next((n for n in nodes if n["type"] == "PreviewAny"), None)
     if save is not None and preview is not None and preview["pos"][0] == save["pos"][0]:
         preview["pos"] = [save["pos"][0] + save["size"][0] + 60, save["pos"][1]]  # the saved image grows downward
-    if any(n["type"] == "CheckpointLoaderSimple" for n in nodes):
+    note = SD15_NOTE if any(n["type"] == "CheckpointLoaderSimple" for n in nodes) else (
+        VIDEO_NOTE if any(n["type"] == "LoadVideo" for n in nodes) else None)
+    if note:
         workflow["last_node_id"] += 1
         nodes.append({"id": workflow["last_node_id"], "type": "Note", "pos": [100, 940], "size": [430, 190], "flags": {},
                       "order": len(nodes), "mode": 0, "inputs": [], "outputs": [], "properties": {},
-                      "widgets_values": [SD15_NOTE]})
+                      "widgets_values": [note]})
     return workflow
 
 
@@ -104,7 +114,7 @@ CARD_TITLES = {
 }
 
 
-def main() -> int:
+def main(names: list[str]) -> int:
     cfg = harness.host_config()
     if cfg is None:
         sys.exit("set COMFYUI_DIR and COMFY_PYTHON")
@@ -115,6 +125,7 @@ def main() -> int:
             (base / sub).mkdir()
         harness.copy_package(base / "custom_nodes")
         shutil.copy(comfy_dir / "input" / "example.png", base / "input" / "example.png")
+        shutil.copy(harness.REPO / "assets" / "sample.mp4", base / "input" / "sample.mp4")
         server = harness.ComfyServer(comfy_dir, comfy_python, base)
         server.start()
         front = None
@@ -123,6 +134,8 @@ def main() -> int:
             harness.EXAMPLES_DIR.mkdir(exist_ok=True)
             for api_path in sorted(harness.API_DIR.glob("*.json")):
                 name = api_path.stem
+                if names and name not in names:
+                    continue
                 front.reload()
                 workflow = polish(name, front.load_api(json.loads(api_path.read_text())))
                 out = harness.EXAMPLES_DIR / f"{name}.json"
@@ -145,4 +158,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -16,6 +16,8 @@ DISPLAY = {
     "RealESRGAN_UpscaleImageTiled": "Upscale Image Tiled (Real-ESRGAN)",
     "RealESRGAN_HiresFixUpscale": "Hires-Fix Upscale (Real-ESRGAN)",
     "RealESRGAN_InterpolateUpscaleModels": "Interpolate Upscale Models (Real-ESRGAN)",
+    "RealESRGAN_UpscaleVideo": "Upscale Video (Real-ESRGAN)",
+    "RealESRGAN_UpscaleImagesToVideo": "Upscale Images to Video (Real-ESRGAN)",
 }
 INPUTS = {
     "RealESRGAN_LoadUpscaleModel": ["model_name"],
@@ -23,12 +25,17 @@ INPUTS = {
     "RealESRGAN_HiresFixUpscale": ["image", "scale_by", "width", "height", "resample", "multiple_of",
                                    "upscale_model", "vae", "model_passes"],
     "RealESRGAN_InterpolateUpscaleModels": ["model_a", "model_b", "weight"],
+    "RealESRGAN_UpscaleVideo": ["upscale_model", "video", "tile_size", "overlap", "precision", "codec", "crf"],
+    "RealESRGAN_UpscaleImagesToVideo": ["upscale_model", "images", "fps", "tile_size", "overlap", "precision", "codec",
+                                        "crf", "audio"],
 }
 OUTPUTS = {
     "RealESRGAN_LoadUpscaleModel": ["UPSCALE_MODEL"],
     "RealESRGAN_UpscaleImageTiled": ["IMAGE"],
     "RealESRGAN_HiresFixUpscale": ["IMAGE", "LATENT", "STRING"],
     "RealESRGAN_InterpolateUpscaleModels": ["UPSCALE_MODEL"],
+    "RealESRGAN_UpscaleVideo": ["VIDEO"],
+    "RealESRGAN_UpscaleImagesToVideo": ["VIDEO"],
 }
 
 
@@ -83,7 +90,7 @@ def test_model_list_has_bundled_models_and_ncnn_param_not_bin(object_info):
 
 def test_example_workflows_listed_and_twinned(server):
     names = harness.example_names()
-    assert {"tiled_upscale", "hires_fix_image", "hires_fix_ksampler", "core_upscale_with_model"} <= set(names)
+    assert {"tiled_upscale", "hires_fix_image", "hires_fix_ksampler", "core_upscale_with_model", "upscale_video"} <= set(names)
     templates = server.get("/api/workflow_templates")
     assert set(templates[harness.PACKAGE_DIR_NAME]) >= set(names), templates
     for name in names:
@@ -97,6 +104,8 @@ def test_example_workflows_listed_and_twinned(server):
                 assert node["widgets_values"][0].startswith("bundled/")
             if node["type"] == "LoadImage":
                 assert node["widgets_values"][0] == "example.png"
+            if node["type"] == "LoadVideo":  # the pack's assets/sample.mp4, which its note says to upload
+                assert node["widgets_values"][0] == "sample.mp4"
 
 
 # ---------------------------------------------------------------- example workflows, checked against the engine
