@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from realesrgan_tiled.engine import Choices, Host, upscale_stream
+from realesrgan_tiled.engine import Choices, Host, upscale, upscale_stream
 from realesrgan_tiled.engine.frames import MAX_FRAMES_PER_FORWARD, frames_per_forward
 from realesrgan_tiled.errors import InputImageError
 
@@ -173,3 +173,26 @@ def test_the_stream_places_the_model_once_and_hands_it_back(compact):
 def test_a_bad_frame_is_a_clear_error(compact):
     with pytest.raises(InputImageError, match="frame"):
         list(upscale_stream([np.zeros((4, 4), np.uint8)], compact))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_the_memory_estimate_covers_a_batch_and_its_buffers_in_flight(compact, k):
+    """The working set the engine plans for k whole frames per forward (its fixed part plus k
+    times a frame: the network's activations, the fp32 output on its way home and the output
+    in the consumer's dtype) is at least the peak measured while the engine runs them, under
+    the whole-map plan a GPU runs (measured here on the CPU, where torch's allocations can be
+    counted one by one)."""
+    from realesrgan_tiled.archs import SRVGGPlan
+    from realesrgan_tiled.engine.memory import peak_bytes
+    from realesrgan_tiled.engine.run import _tile_size
+
+    model = descriptor_of(compact.model)  # a copy: the fixture's plan stays
+    model.plan = SRVGGPlan.for_device(torch.device("cuda"))
+    images = frames(k, size=(64, 64))
+    cpu = torch.device("cpu")
+    _, _, (fixed, one_frame) = _tile_size(model, None, Host(device="cpu", make_room=lambda d, n: None), cpu,
+                                          torch.float32, (64, 64), 1, 3 * 1)
+    host = Host(device="cpu", output_dtype=torch.uint8)
+    peak = peak_bytes(lambda: upscale(images, model, Choices(batch_size=k, backend="torch", precision="fp32"), host), cpu)
+    assert peak <= fixed + k * one_frame, f"measured {peak / k:.0f} B per frame, planned {one_frame:.0f} (+{fixed:.0f} fixed)"
+    assert fixed + k * one_frame <= 4 * peak, "an estimate this loose would make batches needlessly small"
