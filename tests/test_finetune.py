@@ -204,10 +204,12 @@ def test_cli_finetune_and_its_errors(photos, base, tmp_path):
     run = [sys.executable, "-m", "realesrgan_tiled", "finetune", "--data", str(photos), "--base", str(base), "-o", str(out),
            "--iterations", "8", "--batch-size", "2", "--patch-size", "32", "--loss", "l1", "--degradation", "bicubic",
            "--lr", "2e-3", "--device", "cpu", "--eval-every", "8", "--eval-crop", "64", "--report", str(tmp_path / "r.json"),
-           "--quiet"]
+           "--sharpen-gt", "on", "--ema", "off", "--quiet"]
     done = subprocess.run(run, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "held-out psnr_y: base" in done.stdout and out.exists()
+    assert "held-out psnr_y: base" in done.stdout and "against the plain photos: base" in done.stdout and out.exists()
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert (written["gate"]["target"], written["settings"]["sharpen_gt"], written["settings"]["ema"]) == ("usm-sharpened", True, False)
     for extra, message in ((["--base", str(base)], "needs --data"), (run[4:] + ["--lr", "-1"], "--lr must be positive")):
         bad = subprocess.run([sys.executable, "-m", "realesrgan_tiled", "finetune", *extra],
                              capture_output=True, text=True, timeout=120)

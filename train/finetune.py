@@ -2,7 +2,10 @@
 
 ``finetune(Settings(...))`` runs the whole job: split the data, score the base model, train
 (checkpointing at every evaluation, on Ctrl-C and on cancel), keep the best EMA weights, then
-export them only if they beat the base on the held-out images (or ``force``).
+export them only if they beat the base on the held-out images (or ``force``). The gate scores
+what the recipe optimises (``evaluate.GATE_METRIC``) against the targets it trains towards:
+USM-sharpened with ``sharpen_gt`` (the default of the perceptual and GAN recipes, as
+Real-ESRGAN's), plain without (the default of ``l1``, a fidelity fine-tune).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from ..engine.settings import resolve_device
 from ..errors import RealESRGANTiledError, UpscaleCancelled
 from . import data as datasets
 from .checkpoint import checkpoint_path, export_model, load_checkpoint, save_checkpoint
-from .evaluate import SELECTION, better, evaluate, held_out_set
+from .evaluate import GATE_METRIC, SELECTION, TARGETS, better, evaluate, held_out_set
 from .setup import build_models, load_base, metric_functions, patch_geometry
 from .steps import train_step, update_ema
 
@@ -28,6 +31,7 @@ LOSSES = ("l1", "perceptual", "gan")
 DEGRADATIONS = ("realesrgan", "bicubic", "paired")
 MAX_SKIPPED_IN_A_ROW = 20  # non-finite steps in a row before the run is called diverged
 DEFAULT_ITERATIONS = 1000
+GATE_NAMES = {"psnr_y": "PSNR-Y", "perceptual": "ST-LPIPS (AlexNet)"}
 RESUME_OVERRIDES = ("iterations", "report", "device", "force")  # a resumed run takes these from the command line when given
 
 
@@ -56,6 +60,14 @@ class Settings:
     eval_every: int | None = None  # None: a tenth of the run (at least 50 iterations)
     eval_crop: int | None = 512  # held-out images are centre-cropped to this many px a side (None: whole)
     discriminator: str | None = None  # a pretrained UNetDiscriminatorSN to start the GAN from (no warm-up then)
+    sharpen_gt: bool | None = None  # USM-sharpened targets; None: on for perceptual/gan (Real-ESRGAN's), off for l1
+    ema: bool = True  # keep (and export) an EMA of the generator, with a warm-up; False: the generator itself
+
+
+def default_sharpen_gt(loss: str) -> bool:
+    """Real-ESRGAN sharpens the targets of its L1 and perceptual losses; a plain L1 fine-tune
+    aims at the photos themselves, the fidelity a PSNR gate measures."""
+    return loss != "l1"
 
 
 def finetune(settings: Settings, resume: str | None = None, progress=None, should_stop=None) -> dict:
@@ -67,6 +79,8 @@ def finetune(settings: Settings, resume: str | None = None, progress=None, shoul
         settings = Settings(**{**state["settings"], **given})
     settings.iterations = settings.iterations or DEFAULT_ITERATIONS
     settings.device = settings.device or "auto"
+    if settings.sharpen_gt is None:  # a run, or a checkpoint from before the choice existed
+        settings.sharpen_gt = default_sharpen_gt(settings.loss)
     job = _Job(settings, state)
     try:
         job.train(progress, should_stop)
@@ -104,8 +118,11 @@ class _Job:
 
             self.degrade = make_degradation(s.degradation, self.scale)
         lq_files = {p.stem: p for p in datasets.image_files(lq, "--lq")} if lq else None
-        self.held_out = held_out_set(self.split.held_out, self.degrade, self.scale, s.eval_crop, s.seed, lq_files)
-        self.selection = "psnr_y" if s.loss == "l1" else "perceptual"
+        self.held_out = held_out_set(self.split.held_out, self.degrade, self.scale, s.eval_crop, s.seed, lq_files,
+                                     sharpen=s.sharpen_gt)
+        self.selection, self.target = GATE_METRIC[s.loss], TARGETS[s.sharpen_gt]
+        log.info("gate: held-out %s against the %s photos (--loss %s, --sharpen-gt %s, --ema %s)", self.selection,
+                 self.target, s.loss, _on_off(s.sharpen_gt), _on_off(s.ema))
         self.eval_every = s.eval_every or max(50, s.iterations // 10)
         # a new discriminator learns alone first; a pretrained one is ready
         self.warmup = min(1000, s.iterations // 5) if s.loss == "gan" and s.discriminator is None else 0
@@ -131,7 +148,8 @@ class _Job:
             if should_stop is not None and should_stop():
                 raise UpscaleCancelled("fine-tuning cancelled")
             lr, gt = self._batch()
-            result = train_step(self.m, lr, gt, _sharpen(gt), gan_on=self.iteration >= self.warmup)
+            target = _sharpen(gt) if self.s.sharpen_gt else gt
+            result = train_step(self.m, lr, gt, target, gan_on=self.iteration >= self.warmup)
             self.iteration += 1
             if isinstance(result, str):
                 in_a_row += 1
@@ -142,7 +160,7 @@ class _Job:
                                         "try a lower --lr")
                 continue
             in_a_row = 0
-            update_ema(self.m.ema, self.m.generator, self.iteration)
+            update_ema(self.m.ema, self.m.generator, self.iteration, self.s.ema)
             if progress is not None:
                 progress(self.iteration, self.s.iterations, result)
             if self.iteration % self.eval_every == 0 or self.iteration == self.s.iterations:
@@ -161,12 +179,19 @@ class _Job:
         result = self.latest = self._evaluate(self.ema_model)
         score = result["mean"][self.selection]
         self.history.append({"iteration": self.iteration, "mean": result["mean"]})
-        log.info("iteration %d: held-out %s %.4f (base %.4f)", self.iteration, self.selection, score,
-                 self.base_metrics["mean"][self.selection])
+        log.info("iteration %d: held-out %s %.4f against the %s photos (base %.4f)%s", self.iteration, self.selection,
+                 score, self.target, self.base_metrics["mean"][self.selection], self._beside(result))
         if better(score, self.best["score"], self.selection):
             self.best = {"iteration": self.iteration, "score": score, "metrics": result,
                          "ema": {k: v.detach().cpu().clone() for k, v in self.m.ema.state_dict().items()}}
         self.save()
+
+    def _beside(self, result: dict) -> str:
+        """With sharpened targets, the fidelity to the photos themselves, for the log."""
+        if "against_plain" not in result:
+            return ""
+        plain, base = result["against_plain"]["mean"]["psnr_y"], self.base_metrics["against_plain"]["mean"]["psnr_y"]
+        return f"; psnr_y against the plain photos {plain:.4f} (base {base:.4f})"
 
     def _evaluate(self, model) -> dict:
         self.m.generator.eval()
@@ -217,8 +242,9 @@ class _Job:
             report["exported"] = self.s.out
         else:
             report["exported"] = None
-            report["refused"] = (f"no evaluation beat the base model on the held-out images ({self.selection}: base "
-                                 f"{base_score:.4f}); nothing exported (--force exports the last EMA weights anyway)")
+            report["refused"] = (f"no evaluation beat the base model on the held-out images ({self.selection} against the "
+                                 f"{self.target} photos: base {base_score:.4f}); nothing exported (--force exports the "
+                                 "last EMA weights anyway)")
         if self.s.report:
             Path(self.s.report).write_text(json.dumps(report, indent=1))
         if report["exported"] is None:
@@ -233,19 +259,33 @@ class _Job:
             "data": {"train": [p.name for p in self.split.train], "held_out": [p.name for p in self.split.held_out],
                      "skipped": self.split.skipped, "fingerprint": self.fingerprint},
             "patch_size": self.patch, "batch_size": self.batch, "discriminator_warmup": self.warmup,
+            "gate": self._gate(),
             "metrics": {"selection": self.selection, "selection_higher_is_better": SELECTION[self.selection],
+                        "selection_target": self.target,
                         "perceptual_metric": self.perceptual_metric, "eval_crop": self.s.eval_crop,
                         "base": self.base_metrics, "finetuned": final, "best_iteration": self.best["iteration"]},
             "history": self.history, "skipped_steps": self.skipped, "iterations": self.iteration,
             "seconds": round(time.monotonic() - self.started, 1),
         }
 
+    def _gate(self) -> dict:
+        s = self.s
+        return {"metric": self.selection, "target": self.target, "higher_is_better": SELECTION[self.selection],
+                "sharpen_gt": s.sharpen_gt, "ema": s.ema,
+                "says": f"{GATE_NAMES[self.selection]} against the {self.target} held-out photos, the targets "
+                        f"--loss {s.loss} --sharpen-gt {_on_off(s.sharpen_gt)} trains towards"}
+
     def _metadata(self, report: dict) -> dict:
         return {"realesrgan_tiled.finetune": "1", "base_model": self.s.base, "architecture": report["base"]["architecture"],
                 "iterations": str(self.best["iteration"] or self.iteration), "data_fingerprint": self.fingerprint,
                 "loss": self.s.loss, "degradation": self.s.degradation, "seed": str(self.s.seed),
+                "sharpen_gt": _on_off(self.s.sharpen_gt), "ema": _on_off(self.s.ema), "gate": report["gate"],
                 "metrics": {"base": report["metrics"]["base"]["mean"], "finetuned": report["metrics"]["finetuned"]["mean"],
                             "selection": self.selection, "held_out": report["data"]["held_out"]}}
+
+
+def _on_off(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 def _sharpen(gt: torch.Tensor) -> torch.Tensor:

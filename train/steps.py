@@ -1,8 +1,9 @@
 """One training step of the generator (and the discriminator), and the EMA of the generator.
 
-Real-ESRGAN's recipe: L1 and perceptual losses against the USM-sharpened ground truth, the GAN
-loss against the plain one; the discriminator is frozen during the generator's step. A loss that
-is not finite skips the whole step and is reported by name.
+Real-ESRGAN's recipe: L1 and perceptual losses against the USM-sharpened ground truth (the
+caller passes the plain one instead with ``--sharpen-gt off``), the GAN loss against the plain
+one; the discriminator is frozen during the generator's step. A loss that is not finite skips
+the whole step and is reported by name.
 """
 from __future__ import annotations
 
@@ -68,13 +69,25 @@ def _discriminator_step(m: Models, fake: torch.Tensor, real: torch.Tensor) -> fl
     return float(loss.detach())
 
 
-def update_ema(ema: nn.Module, generator: nn.Module, step: int) -> None:
-    """ema = d * ema + (1 - d) * generator, d = min(0.999, (1 + step) / (10 + step)): Real-ESRGAN's
-    0.999 once a run is long, faster early so that a short run's EMA moves at all."""
-    decay = min(EMA_DECAY, (1 + step) / (10 + step))
+def ema_decay(step: int, enabled: bool = True) -> float:
+    """The EMA's decay after ``step`` steps: min(0.999, (1 + step) / (10 + step)), the warm-up of
+    TensorFlow's ExponentialMovingAverage(num_updates). Real-ESRGAN's 0.999 is tuned for
+    400k-iteration runs; from the first step it would leave a 120-step fine-tune's EMA 89 % base
+    (0.999 ** 120). Warming up, the EMA spans roughly the last ninth of the steps so far, and
+    the decay is 0.999 from step 8990 on. ``enabled=False`` (``--ema off``): 0, the EMA is the
+    generator itself."""
+    return min(EMA_DECAY, (1 + step) / (10 + step)) if enabled else 0.0
+
+
+def update_ema(ema: nn.Module, generator: nn.Module, step: int, enabled: bool = True) -> None:
+    """ema = d * ema + (1 - d) * generator, d = ``ema_decay(step, enabled)``; buffers are copied."""
+    decay = ema_decay(step, enabled)
     with torch.no_grad():
         for e, g in zip(ema.parameters(), generator.parameters()):
-            e.lerp_(g.detach(), 1 - decay)
+            if decay == 0:  # --ema off: exactly the weights, not a lerp's rounding of them
+                e.copy_(g)
+            else:
+                e.lerp_(g.detach(), 1 - decay)
         for e, g in zip(ema.buffers(), generator.buffers()):
             e.copy_(g)
 
