@@ -11,7 +11,10 @@ with its own root on PYTHONPATH, and then this uses the host's ``launch.is_insta
   being installed is pinned through a constraints file, so no dependency can move torch or what
   the host pins (the WebUIs pin spandrel 0.3.4, numpy 1.26.2, Pillow 9.5);
 - never installs torch/torchvision/torchaudio, even when missing: the host owns them;
-- says clearly what to do when PyPI cannot be reached.
+- says clearly what to do when PyPI cannot be reached;
+- installs an optional extra only when the user opts in through the environment:
+  ``REALESRGAN_TILED_EXTRAS=openvino`` (comma-separated, names of ``OPTIONAL_EXTRAS``) before
+  ComfyUI-Manager or the WebUI runs this, or by hand; the same pins apply.
 
 Standalone on purpose: it does not import the package (whose modules need its dependencies).
 Exit status: 0 when everything is present afterwards, 1 otherwise.
@@ -47,6 +50,9 @@ OFFLINE_MARKERS = (
     "No matching distribution found",
     "Could not find a version that satisfies",
 )
+# opt-in extras (pyproject's optional dependencies of the same name): name -> requirement lines
+OPTIONAL_EXTRAS = {"openvino": ["openvino>=2025.0"]}  # the OpenVINO CPU backend (release_memory: 2025.0)
+EXTRAS_VARIABLE = "REALESRGAN_TILED_EXTRAS"
 _LINE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*([^;#]*)")
 
 
@@ -70,6 +76,23 @@ def read_requirements(path: Path = REQUIREMENTS) -> list[tuple[str, str, str]]:
             continue
         out.append((name, spec, line))
     return out
+
+
+def opted_in_extras(environ=os.environ, out=None) -> list[tuple[str, str, str]]:
+    """The requirements of the extras named in REALESRGAN_TILED_EXTRAS, as read_requirements
+    gives them; an unknown name is reported and skipped."""
+    found = []
+    for extra in (e.strip().lower() for e in environ.get(EXTRAS_VARIABLE, "").split(",")):
+        if not extra:
+            continue
+        if extra not in OPTIONAL_EXTRAS:
+            print(f"{PREFIX} {EXTRAS_VARIABLE}: no extra named {extra!r}; choose from {', '.join(OPTIONAL_EXTRAS)}",
+                  file=out or sys.stdout, flush=True)
+            continue
+        for line in OPTIONAL_EXTRAS[extra]:
+            m = _LINE.match(line)
+            found.append((m.group(1), m.group(3).strip(), line))
+    return found
 
 
 def installed_version(name: str) -> str | None:
@@ -198,12 +221,12 @@ def _quote(arg: str) -> str:
 
 
 def main(argv=None, *, lookup=None, installed=installed_versions, runner=None,
-         requirements_file: Path = REQUIREMENTS, out=None) -> int:
+         requirements_file: Path = REQUIREMENTS, out=None, environ=os.environ) -> int:
     out = out or sys.stdout
     launch = webui_launch() if lookup is None and runner is None else None
     lookup = lookup or (webui_lookup(launch) if launch else installed_version)
     runner = runner or (webui_runner(launch) if launch else subprocess.run)
-    todo = missing_requirements(read_requirements(requirements_file), lookup)
+    todo = missing_requirements(read_requirements(requirements_file) + opted_in_extras(environ, out), lookup)
     if not todo:
         return 0  # everything present: no pip, no output
     print(f"{PREFIX} installing missing dependencies: {', '.join(todo)}", file=out, flush=True)

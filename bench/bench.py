@@ -145,7 +145,7 @@ def peak_rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
-def run_row(model_name, who, height, width, frames, backend=None, output=None):
+def run_row(model_name, who, height, width, frames, backend=None, output=None, precision=None):
     images = real_photo(height, width, frames)
     ours = load(model_name)
     fpp = flops_per_pixel(ours)
@@ -154,10 +154,18 @@ def run_row(model_name, who, height, width, frames, backend=None, output=None):
         from realesrgan_tiled.engine import Choices, upscale
 
         t = time.perf_counter()
-        result = upscale(images, ours, Choices(backend=backend))
+        result = upscale(images, ours, Choices(backend=backend, precision=precision))
         seconds = time.perf_counter() - t
         out, ran = result.images, result.ran
         detail = f"{ran.backend}, tile {ran.tile_size} overlap {ran.overlap} {ran.precision}"
+    elif who.startswith("plain"):  # the plain whole-map torch forward: core's path for an image under one tile
+        dtype = torch.bfloat16 if who == "plain-bf16" else torch.float32
+        model = spandrel_twin(ours)
+        t = time.perf_counter()
+        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            out = model(images.movedim(-1, 1).contiguous()).float().clamp(0, 1).movedim(1, -1)
+        seconds = time.perf_counter() - t
+        detail = f"spandrel's network, whole image, {'bf16 autocast' if dtype != torch.float32 else 'fp32'}"
     else:
         core, detail = _core_scaler()
         model = spandrel_twin(ours)
@@ -256,17 +264,23 @@ def rss_rows(model_name, side, rounds):
 
 # ---- the side-by-side table ------------------------------------------------------------------
 
-SIDES = ("core", "ours", "ours-torch")  # then the peers
+# side -> (who, backend, precision); then the peers
+OUR_SIDES = {"core": ("core", None, None), "plain-fp32": ("plain-fp32", None, None), "plain-bf16": ("plain-bf16", None, None),
+             "ours": ("ours", None, None), "ours-fp32": ("ours", None, "fp32"), "ours-bf16": ("ours", None, "bf16"),
+             "ours-torch": ("ours", "torch", "fp32")}
+LABELS = {"core": "ComfyUI core's path", "plain-fp32": "plain torch forward, whole image, fp32",
+          "plain-bf16": "plain torch forward, whole image, bf16 autocast", "ours": "ours (auto backend, auto precision)",
+          "ours-fp32": "ours (auto backend), --precision fp32", "ours-bf16": "ours (auto backend), --precision bf16",
+          "ours-torch": "ours, --backend torch --precision fp32"}
+SIDES = tuple(OUR_SIDES)
 
 
 def side_row(side, model_name, h, w, output):
-    if side == "core":
-        return _subprocess_row(model_name, "core", h, w, 1, None, output)
-    backend = "torch" if side == "ours-torch" else None
-    return _subprocess_row(model_name, "ours", h, w, 1, backend, output)
+    who, backend, precision = OUR_SIDES[side]
+    return _subprocess_row(model_name, who, h, w, 1, backend, output, precision)
 
 
-def compare_rows(model_name, h, w, rounds, threads, peer_names):
+def compare_rows(model_name, h, w, rounds, threads, peer_names, sides=SIDES):
     """Every side of one model on one photo, alternating for ``rounds``; each keeps its fastest."""
     import tempfile
 
@@ -278,13 +292,15 @@ def compare_rows(model_name, h, w, rounds, threads, peer_names):
             tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         reference = np.clip(prepared.reference, 0, 1) if hasattr(prepared, "reference") else None
         for n in range(rounds):
-            order = [*SIDES, *prepared.names]
+            order = [*sides, *prepared.names]
             for side in order if n % 2 == 0 else order[::-1]:
                 if side in SIDES:
                     output = Path(tmp) / f"{side}.npy"
                     row = side_row(side, model_name, h, w, str(output))
                     if reference is not None:
-                        row["max_abs_diff"] = float(np.abs(np.load(output).astype(np.float64) - reference).max())
+                        result = np.load(output)
+                        row["max_abs_diff"] = float(np.abs(result.astype(np.float64) - reference).max())
+                        row["psnr_db"] = peers.psnr(result, reference)
                     if side not in best or row["seconds"] < best[side]["seconds"]:
                         best[side] = row
                 else:
@@ -296,19 +312,19 @@ def print_compare(model_name, w, h, best, rounds):
     ours = best["ours"]["seconds"]
     gib = 2**30
     print(f"\n| {model_name}, {w}x{h} photo | s (fastest of {rounds}) | ours' speed-up over it | peak RSS "
-          "| max abs diff vs fp32 whole-image | what ran |")
-    print("|---|---|---|---|---|---|")
+          "| max abs diff vs fp32 whole-image | PSNR vs fp32 | what ran |")
+    print("|---|---|---|---|---|---|---|")
     for side, row in best.items():
+        psnr = f"{row['psnr_db']:.1f} dB" if row.get("psnr_db") not in (None, float("inf")) else "-"
         if side in SIDES:
-            label = {"core": "ComfyUI core's path", "ours": "ours (auto)", "ours-torch": "ours, --backend torch"}[side]
-            print(f"| {label} | {row['seconds']:.2f} | {row['seconds'] / ours:.2f}x | {row['peak_rss'] / gib:.2f} GiB | "
-                  f"{row.get('max_abs_diff', float('nan')):.1e} | {row['detail']} |")
+            print(f"| {LABELS[side]} | {row['seconds']:.2f} | {row['seconds'] / ours:.2f}x | {row['peak_rss'] / gib:.2f} GiB | "
+                  f"{row.get('max_abs_diff', float('nan')):.1e} | {psnr} | {row['detail']} |")
         elif row.get("first_seconds") is None:
-            print(f"| {side} | - | - | - | - | skipped: {row['skipped_reason']} |")
+            print(f"| {side} | - | - | - | - | - | skipped: {row['skipped_reason']} |")
         else:
             note = row["detail"] + (f"; DOES NOT COUNT: {row['skipped_reason']}" if row["skipped_reason"] else "")
             print(f"| {side} | {row['first_seconds']:.2f} | {row['first_seconds'] / ours:.2f}x | "
-                  f"{row['peak_rss_bytes'] / gib:.2f} GiB | {row['max_abs_diff']:.1e} | {note} |")
+                  f"{row['peak_rss_bytes'] / gib:.2f} GiB | {row['max_abs_diff']:.1e} | {psnr} | {note} |")
 
 
 def main():
@@ -317,7 +333,10 @@ def main():
     parser.add_argument("--core-file", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="small photos, one round")
     parser.add_argument("--rounds", type=int, help="alternating rounds per side (default 3; --quick: 1)")
-    parser.add_argument("--peers", default="ncnn-winograd,openvino,onnxruntime,ncnn-direct",
+    parser.add_argument("--models", help="comma-separated subset of the two models")
+    parser.add_argument("--tables-only", action="store_true", help="only the side-by-side tables (no RSS job, no batch)")
+    parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of " + ", ".join(SIDES))
+    parser.add_argument("--peers", default="ncnn-winograd,openvino,openvino-default,onnxruntime,ncnn-direct",
                         help="comma-separated peers (bench/peers.py), or '' for none")
     args = parser.parse_args()
     if args.row:
@@ -334,14 +353,21 @@ def main():
              "realesr-animevideov3-x4": (128, 192) if args.quick else (512, 768)}
     peak_before = gemm_peak_gflops()
     _, core_detail = _core_scaler()
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
+    from realesrgan_tiled.runtimes.backend import cpu_flags, cpu_name
+
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16", "sve") if f in cpu_flags()]
+    print(f"# {cpu_name()} ({', '.join(isa) or platform.machine()}), {os.cpu_count()} cpus, torch {torch.__version__}, "
           f"{threads} threads; core's path: {core_detail}; every row is a fresh process's first run", flush=True)
     gflops = {}
+    if args.models:
+        sizes = {n: sizes[n] for n in args.models.split(",")}
     for name, (h, w) in sizes.items():  # each table as soon as it is measured
-        table = compare_rows(name, h, w, rounds, threads, peer_names)
+        table = compare_rows(name, h, w, rounds, threads, peer_names, [x for x in args.sides.split(",") if x])
         print_compare(name, w, h, table, rounds)
         gflops[name] = table["ours"]
         sys.stdout.flush()
+    if args.tables_only:
+        return
     rss_side = 256 if args.quick else 1024
     rss = rss_rows("realesr-animevideov3-x4", rss_side, 1 if args.quick else 2)
     gib = 2**30

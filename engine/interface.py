@@ -42,7 +42,7 @@ class Choices:
     output_scale: float | None = None  # or a factor of the input size
     resample: str | None = None  # how the model output is brought to that size (resize.RESAMPLE_METHODS)
     passes: int | str | None = None  # model passes: None = 1; "auto" or N = again on its output while the target needs it
-    backend: str | None = None  # "auto", "torch" or "ncnn" (runtimes/backend.py); None: $REALESRGAN_TILED_BACKEND, else auto
+    backend: str | None = None  # "auto", "torch", "ncnn" or "openvino" (runtimes/backend.py); None: $REALESRGAN_TILED_BACKEND, else auto
     batch_size: int | None = None  # whole frames per forward (frames.py); None: as many as fit on a GPU, one on the CPU
 
 
@@ -58,7 +58,7 @@ class RunReport:
     overlap: int = 0
     device: str = ""
     passes: int = 1  # model passes run (each on the previous one's output)
-    backend: str = ""  # "torch" or "ncnn"
+    backend: str = ""  # "torch", "torch-whole" (whole-map torch plan), "ncnn" or "openvino"
     room_asked: int = 0  # bytes asked of the host for a tile's working set (0: no host asked)
 
 

@@ -71,7 +71,10 @@ def _upscale_once(images: torch.Tensor, model, choices: Choices, host: Host) -> 
     out_size = torch.tensor([], dtype=host.output_dtype).element_size()
     passes = channel_passes(channels, model.input_channels)
     multiple = max(1, int(model.size_requirements.multiple_of))
-    backend = backends.resolve(choices.backend, model, device, dtype, height * width, lambda: _ncnn_fits(model, device, host))
+    # precision "auto" on the CPU: bf16 is a candidate of the backend measurement (runtimes/backend.py)
+    backend, dtype = backends.choose(choices.backend, model, device, dtype, height * width,
+                                     lambda name: _backend_fits(model, device, host, name),
+                                     bf16_allowed=choices.precision in (None, "auto"))
     ran = RunReport(precision=settings.dtype_name(dtype), device=str(device), backend=backend)
     try:
         _place(model, device, host)
@@ -123,10 +126,11 @@ def _place(model, device: torch.device, host: Host) -> None:
     model.eval()
 
 
-def _ncnn_fits(model, device: torch.device, host: Host) -> bool:
-    """ncnn's fixed memory (its copy of the weights, a window per worker) takes at most half of
-    the tile budget: where memory is that tight, the torch plans' smaller windows win."""
-    with backends.using("ncnn"):
+def _backend_fits(model, device: torch.device, host: Host, name: str) -> bool:
+    """ncnn's or OpenVINO's fixed memory (their copies of the weights, a window per worker)
+    takes at most half of the tile budget: where memory is that tight, the torch plans' smaller
+    windows win."""
+    with backends.using(name):
         fixed = model.cost(device, 4).fixed
     return fixed <= settings.tile_budget(device, host.free_memory(device)) / 2
 

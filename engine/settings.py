@@ -28,7 +28,8 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
 
 def resolve_precision(precision: str | None, model, device: torch.device) -> torch.dtype:
     """auto: fp16 on CUDA when the model supports it (the NaN guard catches overflow),
-    else bf16, else fp32; fp32 on CPU. An explicit half precision the model does not
+    else bf16, else fp32; fp32 on CPU (where the backend measurement may then pick bf16:
+    ``runtimes/backend.py``). An explicit half precision the model does not
     support falls back to fp32 with a warning."""
     precision = "auto" if precision is None else precision
     if precision not in PRECISIONS:

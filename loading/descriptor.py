@@ -105,7 +105,10 @@ class OurModel(ImageModelDescriptor):
 
     def cost(self, device: torch.device, element_size: int) -> Cost:
         """Peak memory of one tile through this model, for the engine's tile size."""
-        base = self.our_architecture.cost(self.network, self.plan_on(device), element_size)
+        plan = self.plan_on(device)
+        if getattr(plan, "backend", "torch") != "torch":
+            element_size = 4  # ncnn and OpenVINO hand fp32 maps between their stages, whatever precision runs inside
+        base = self.our_architecture.cost(self.network, plan, element_size)
         if isinstance(self.model, OutputResize):  # the resized output exists beside the network's
             return Cost(base.fixed, base.per_pixel + self.output_channels * self.scale**2 * element_size)
         return base

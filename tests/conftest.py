@@ -29,11 +29,14 @@ def photo(name: str = "astronaut", size: tuple[int, int] | None = None) -> torch
 @pytest.fixture(scope="session", autouse=True)
 def backend_cache_of_this_session(tmp_path_factory):
     """The measured CPU backends go to a cache of this test session, not the user's (subprocesses
-    inherit it)."""
-    from realesrgan_tiled.runtimes.backend import CACHE_DIR_VARIABLE
+    inherit it), and auto precision is fp32."""
+    from realesrgan_tiled.runtimes.backend import AUTO_BF16_VARIABLE, CACHE_DIR_VARIABLE
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(CACHE_DIR_VARIABLE, str(tmp_path_factory.mktemp("backend_cache")))
+        # precision auto stays fp32 on bf16 CPUs: tests compare with fp32 oracles at 1e-4
+        # (tests/test_openvino_backend.py tests auto's bf16 with this unset)
+        mp.setenv(AUTO_BF16_VARIABLE, "0")
         yield
 
 

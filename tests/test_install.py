@@ -146,3 +146,23 @@ def test_real_environment_run_is_quiet(install):
 
     res = subprocess.run([sys.executable, str(REPO / "install.py")], capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 0 and res.stdout == "" and res.stderr == ""
+
+
+def test_optional_extras_are_installed_only_when_the_user_opts_in(install):
+    """OpenVINO is never installed by default; REALESRGAN_TILED_EXTRAS=openvino asks for it,
+    under the same pins as every other requirement."""
+    runner = Runner()
+    assert install.main(lookup=lookup_from(ALL_PRESENT), installed=installed_from(ALL_PRESENT), runner=runner,
+                        out=io.StringIO(), environ={}) == 0
+    assert runner.calls == []
+    out = io.StringIO()
+    assert install.main(lookup=lookup_from(ALL_PRESENT), installed=installed_from(ALL_PRESENT), runner=runner, out=out,
+                        environ={install.EXTRAS_VARIABLE: "openvino, vulkan"}) == 0
+    (cmd, constraints), = runner.calls
+    assert cmd[-1] == "openvino>=2025.0" and "no extra named 'vulkan'" in out.getvalue()
+    assert dict(line.split("==") for line in constraints.splitlines()) == ALL_PRESENT  # nothing installed moves
+    runner = Runner()
+    present = dict(ALL_PRESENT, openvino="2026.4.1")
+    assert install.main(lookup=lookup_from(present), installed=installed_from(present), runner=runner, out=io.StringIO(),
+                        environ={install.EXTRAS_VARIABLE: "openvino"}) == 0
+    assert runner.calls == []

@@ -17,7 +17,7 @@ from realesrgan_tiled.errors import InputImageError
 from realesrgan_tiled.loading import build_descriptor, load_model
 from realesrgan_tiled.loading.sniff import sniff
 from realesrgan_tiled.runtimes import backend as backends
-from realesrgan_tiled.runtimes.ncnn import srvgg as ncnn_srvgg
+from realesrgan_tiled.runtimes import probes
 from realesrgan_tiled.runtimes.ncnn.rrdbnet import RRDBNetNcnnPlan
 from realesrgan_tiled.runtimes.ncnn.srvgg import SRVGGNcnnPlan
 
@@ -89,8 +89,8 @@ def test_the_report_says_which_backend_ran_and_choices_pin_it(compact):
     assert run_engine(compact, x, backend="torch").ran.backend == "torch"
     assert run_engine(compact, x, backend="ncnn").ran.backend == "ncnn"
     assert run_engine(compact, x, backend="ncnn", precision="bf16").ran.backend == "torch"  # ncnn is fp32 only
-    assert run_engine(compact, x).ran.backend in ("torch", "ncnn")
-    with pytest.raises(InputImageError, match="backend must be one of auto, torch, ncnn, not 'onnx'"):
+    assert run_engine(compact, x).ran.backend in backends.RUNS
+    with pytest.raises(InputImageError, match="backend must be one of auto, torch, ncnn, openvino, not 'onnx'"):
         run_engine(compact, x, backend="onnx")
 
 
@@ -112,26 +112,25 @@ def test_auto_keeps_the_backend_whose_probe_ran_faster():
     assert backends._measure({"torch": taking(0.001), "ncnn": taking(0.03)}) == "torch"
 
 
-def test_auto_measures_once_per_network_shape_on_the_cpu(compact):
-    x = torch.rand(1, 272, 256, 3)  # over the torch plan's whole-map size: windows on both backends
-    choice = run_engine(compact, x).ran.backend
-    net = compact.network
-    key = (compact.our_architecture.name, ncnn_srvgg.probe_key(net), torch.get_num_threads())
-    assert backends.measured()[key] == choice
-    assert run_engine(compact, x).ran.backend == choice
+def test_auto_measures_once_per_network_shape_on_the_cpu(compact, monkeypatch):
+    x = torch.rand(1, 272, 256, 3)
+    choice = run_engine(compact, x, precision="fp32").ran.backend
+    (arch, _, threads, side, precisions, _), stored = next((k, v) for k, v in backends.measured().items() if k[3] == 512)
+    assert (arch, threads, precisions, stored) == (compact.our_architecture.name, torch.get_num_threads(), "fp32", f"{choice}/fp32")
+    monkeypatch.setattr(probes, "candidates", lambda *a: pytest.fail("measured again"))
+    assert run_engine(compact, x, precision="fp32").ran.backend == choice
 
 
 CACHED_CHOICE = """
 import sys, torch
-from realesrgan_tiled.runtimes import backend
-from realesrgan_tiled.runtimes.ncnn import srvgg
+from realesrgan_tiled.runtimes import backend, probes
 from realesrgan_tiled.loading.bundled import bundled_model_path
 from realesrgan_tiled.loading import load_model
 model = load_model(bundled_model_path("realesr-animevideov3-x4"))
 if sys.argv[1] == "second":
-    def no_probe(net):
+    def no_probe(*args):
         raise AssertionError("probed again although the cache holds the answer")
-    srvgg.speed_probe = no_probe
+    probes.candidates = no_probe
 print(backend.resolve("auto", model, torch.device("cpu"), torch.float32, 1024 * 1024))
 """
 
@@ -145,9 +144,9 @@ def test_auto_measures_once_per_machine_not_per_process(tmp_path):
     first, second = (subprocess.run([sys.executable, "-c", CACHED_CHOICE, which], capture_output=True, text=True,
                                     timeout=300, env=env) for which in ("first", "second"))
     assert first.returncode == 0 and second.returncode == 0, second.stderr[-2000:] + first.stderr[-2000:]
-    assert first.stdout.split()[-1] == second.stdout.split()[-1] in ("torch", "ncnn")
+    assert first.stdout.split()[-1] == second.stdout.split()[-1] in backends.RUNS
     stored = json.loads((tmp_path / "cpu_backends.json").read_text())
-    assert list(stored.values()) == [first.stdout.split()[-1]] and "SRVGGNetCompact" in next(iter(stored))
+    assert list(stored.values()) == [first.stdout.split()[-1] + "/fp32"] and "SRVGGNetCompact" in next(iter(stored))
 
 
 def test_a_damaged_cache_file_means_measuring_again(tmp_path, monkeypatch):
@@ -156,15 +155,6 @@ def test_a_damaged_cache_file_means_measuring_again(tmp_path, monkeypatch):
     assert backends._read_cache() == {}
     backends._write_cache("k", "ncnn")
     assert backends._read_cache() == {"k": "ncnn"}
-
-
-def test_auto_runs_inputs_the_torch_plan_runs_whole_on_torch_without_a_probe(monkeypatch):
-    """There the torch plan pays no window halo, the probe's comparison does not hold, and
-    ncnn measured slower (and the probe would cost more than the image)."""
-    model = build_from_state_dict(srvgg_state(num_feat=8, num_conv=2))
-    probed = []
-    monkeypatch.setattr(ncnn_srvgg, "speed_probe", lambda net: probed.append(1) or {})
-    assert run_engine(model, torch.rand(1, 200, 200, 3)).ran.backend == "torch" and not probed
 
 
 def test_stages_follow_weights_changed_in_place():

@@ -1,6 +1,6 @@
 """The ncnn backend: our networks' weights as in-memory ncnn graphs (``writer.py``), run window
-by window (``runtime.py``). Each network it runs has a module here with its ``PLAN`` and the
-``probe_key`` / ``speed_probe`` that ``runtimes/backend.py`` times against torch."""
+by window (``runtime.py``). Each network it runs has a module here with its ``PLAN``;
+``runtimes/probes.py`` times its pieces against the other backends'."""
 from __future__ import annotations
 
 from types import ModuleType

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...archs.rrdbnet.inference import RDB_HALO, RRDBNetPlan
+from ...archs.rrdbnet.inference import RDB_HALO
 from ...archs.rrdbnet.network import ResidualDenseBlock, RRDBNet
 from ...archs.windows import even_spans, worker_count
 from .runtime import NCNN_WINDOW_FACTOR, Stage, StageCache, into, ncnn_weight_bytes, run_in_windows
@@ -73,30 +73,6 @@ class RRDBNetNcnnPlan:
 
 
 PLAN = RRDBNetNcnnPlan
-
-
-def probe_key(net: RRDBNet) -> tuple:
-    """What decides the backends' relative speed (``speed_probe`` is measured once per key)."""
-    return net.num_feat, net.num_grow_ch
-
-
-def speed_probe(net: RRDBNet) -> dict:
-    """One dense block (x4plus is 92 % dense blocks) over two windows, one per worker."""
-    if not len(net.body):
-        return {"torch": lambda: None}
-    side = RRDBNetNcnnPlan.trunk_window
-    return dense_block_probe(net.body[0].rdb1, torch.rand(1, net.num_feat, side, 2 * side))
-
-
-def dense_block_probe(rdb: ResidualDenseBlock, feat: torch.Tensor) -> dict:
-    """The same dense block over ``feat`` on each backend, in the same windows and workers."""
-    out = torch.empty_like(feat)
-    side = RRDBNetNcnnPlan.trunk_window
-    torch_plan, stage = RRDBNetPlan(trunk_window=side), _dense_block(rdb)
-    return {
-        "torch": lambda: torch_plan._dense_block_in_windows(rdb, feat, out),
-        "ncnn": lambda: run_in_windows(stage, feat, side, RDB_HALO, into(out)),
-    }
 
 
 def _dense_block(rdb: ResidualDenseBlock) -> Stage:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...archs.srvgg.inference import SRVGGPlan
 from ...archs.srvgg.network import SRVGGNetCompact
 from ...archs.windows import Window, even_spans, worker_count
 from .runtime import NCNN_WINDOW_FACTOR, Stage, StageCache, ncnn_weight_bytes, run_in_windows
@@ -50,19 +49,6 @@ class SRVGGNcnnPlan:
 
 
 PLAN = SRVGGNcnnPlan
-
-
-def probe_key(net: SRVGGNetCompact) -> tuple:
-    """What decides the backends' relative speed (``speed_probe`` is measured once per key)."""
-    return net.num_feat, net.receptive_radius, net.act_type
-
-
-def speed_probe(net: SRVGGNetCompact) -> dict:
-    """The whole network over the same two 96 px windows on each backend."""
-    side = 96
-    x = torch.rand(1, net.num_in_ch, side, 2 * side)
-    torch_plan, ncnn_plan = SRVGGPlan(window=(side, side), whole_map_max_pixels=0), SRVGGNcnnPlan(window=side)
-    return {"torch": lambda: torch_plan.run(net, x), "ncnn": lambda: ncnn_plan.run(net, x)}
 
 
 def _body(net: SRVGGNetCompact) -> Stage:
