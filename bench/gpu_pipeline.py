@@ -105,3 +105,37 @@ def syncs_per_frame(checker) -> dict:
     syncs = sum("synchroniz" in str(w.message) for w in caught)
     return {"passed": True, "syncs": syncs, "frames": 16, "per_frame": round(syncs / 16, 2), "tiles": ran.tiles,
             "seconds": round(seconds, 3)}
+
+
+def compiled_network(checker) -> dict:
+    """The network alone, eager channels-last fp16 (the engine's default) against torch.compile
+    (inductor, fused LeakyReLU/adds) and against CUDA graphs ("reduce-overhead"): seconds per
+    forward, compile time, and how close the compiled output is (PSNR against eager, >= 60 dB
+    to be kept). It decides whether a ``compile`` choice earns its place in the engine."""
+    if checker.device.type != "cuda":
+        return {"passed": True, "skipped": "needs CUDA (inductor on these CPUs takes minutes per shape)"}
+    rows = {}
+    for name, (h, w) in (("RealESRGAN_x4plus", (1024, 1024)), ("realesr-animevideov3-x4", (1080, 1920))):
+        net = checker.models[name].network.to(checker.device).eval()
+        x = _frames(checker, h, w, 1).movedim(-1, 1).to(checker.device).to(memory_format=torch.channels_last)
+        net = net.to(memory_format=torch.channels_last)
+        row = {}
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+            eager_s, eager = checker.timed(net, x)
+            row["eager_s"] = round(eager_s, 4)
+            for mode in ("default", "reduce-overhead"):  # max-autotune: minutes per shape, past the device budget
+                try:
+                    compiled = torch.compile(net, mode=mode, fullgraph=True, dynamic=False)
+                    t = time.perf_counter()
+                    compiled(x)
+                    torch.cuda.synchronize()
+                    row[f"{mode}_compile_s"] = round(time.perf_counter() - t, 1)
+                    seconds, out = checker.timed(compiled, x)
+                    mse = torch.mean((out.float().clamp(0, 1) - eager.float().clamp(0, 1)) ** 2).item()
+                    row[f"{mode}_s"] = round(seconds, 4)
+                    row[f"{mode}_speedup"] = round(eager_s / seconds, 3)
+                    row[f"{mode}_psnr_vs_eager_db"] = round(10 * torch.log10(torch.tensor(1 / max(mse, 1e-12))).item(), 1)
+                except Exception as e:  # noqa: BLE001 - a compile failure is a finding, not a crash of the check
+                    row[f"{mode}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        rows[name] = row
+    return {"passed": True, **rows}

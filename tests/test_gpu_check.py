@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ["environment", "fidelity", "tiled_vs_whole", "auto_tile_and_memory", "throughput", "engine_profile", "layout",
             "against_core", "real_oom", "nan_guard", "cancel_in_a_tile", "syncs_per_tile",
-            "video_batch", "syncs_per_frame"]
+            "video_batch", "syncs_per_frame", "compiled_network"]
 
 
 def test_gpu_check_dry_run_passes_every_section(tmp_path):
