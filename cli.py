@@ -46,9 +46,13 @@ def _parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("upscale", help="upscale image files or folders of images")
     up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    up.add_argument("-o", "--output", required=True, type=Path, help="output folder (PNG files)")
+    # a str, not a Path: with --ray it may be a URI (Path would fold file:// to file:/)
+    up.add_argument("-o", "--output", required=True, help="output folder (PNG files); with --ray also s3://, gs://, file://")
     add_model_flags(up)
     up.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .on_ray.cli import add_flags as add_ray_flags
+
+    add_ray_flags(up)
     up.set_defaults(func=_cmd_upscale)
     from .video.cli import add_parser as add_video
 
@@ -205,7 +209,12 @@ def _cmd_info(args) -> int:
 def _cmd_upscale(args) -> int:
     from .errors import InputImageError
     from .media.images import collect_inputs
+    from .on_ray import cli as on_ray
 
+    if args.ray is not None:
+        return on_ray.run_upscale(args, _choices, _model)
+    on_ray.check(args)
+    args.output = Path(args.output)
     choices = _choices(args)
     model = _model(args)
     paths = collect_inputs(args.inputs)

@@ -3,6 +3,7 @@ PNG out. 16-bit PNGs go through pypng because Pillow truncates 16-bit RGB to 8 b
 PIL <-> pixels steps of hosts that hand us PIL images (the WebUI)."""
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,17 +23,20 @@ class LoadedImage:
     bit_depth: int  # 8 or 16: the PNG we write keeps it
 
 
-def read_image(path: Path) -> LoadedImage:
+def read_image(path: Path, data: bytes | None = None) -> LoadedImage:
+    """The image file at ``path``, or the file's ``data`` already read (errors still name ``path``)."""
+    source = path if data is None else io.BytesIO(data)
     try:
-        if _png_bit_depth(path) == 16:
-            return _read_png16(path)
-        with Image.open(path) as im:
+        if _png_bit_depth(path, data) == 16:
+            return _read_png16(path, data)
+        with Image.open(source) as im:
             im = ImageOps.exif_transpose(im)  # camera photos: upright, as viewers show them
             return LoadedImage(_to_tensor(np.asarray(_normalise_mode(im))), 8)
     except InputImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise InputImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+        said = str(e).replace(repr(source), repr(str(path)))  # Pillow names the buffer it got: name the file
+        raise InputImageError(f"{path}: not a readable image ({type(e).__name__}: {said})") from None
 
 
 def pil_to_pixels(im: Image.Image) -> torch.Tensor:
@@ -75,18 +79,22 @@ def _to_tensor(arr: np.ndarray, top: float = 255.0) -> torch.Tensor:
     return torch.from_numpy(pixels).unsqueeze(0)
 
 
-def _png_bit_depth(path: Path) -> int | None:
-    with open(path, "rb") as f:
-        head = f.read(26)
+def _png_bit_depth(path: Path, data: bytes | None = None) -> int | None:
+    if data is not None:
+        head = data[:26]
+    else:
+        with open(path, "rb") as f:
+            head = f.read(26)
     if head[:8] != b"\x89PNG\r\n\x1a\n" or len(head) < 26:
         return None
     return head[24]
 
 
-def _read_png16(path: Path) -> LoadedImage:
+def _read_png16(path: Path, data: bytes | None = None) -> LoadedImage:
     import png
 
-    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    reader = png.Reader(filename=str(path)) if data is None else png.Reader(bytes=data)
+    width, height, rows, info = reader.asDirect()
     planes = info["planes"]
     arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, planes)
     if planes == 2:  # gray + alpha -> RGBA

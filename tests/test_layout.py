@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = "realesrgan_tiled"
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE_DIRS = ("archs", "engine", "loading", "media", "nodes", "runtimes", "sdwebui", "train", "video")
+SOURCE_DIRS = ("archs", "engine", "loading", "media", "nodes", "on_ray", "runtimes", "sdwebui", "train", "video")
 ENTRY_POINTS = ("__init__", "__main__", "cli", "install", "preload")
 
 # Lower ranks are imported by higher ones, never the other way; one rank's rooms do not import
@@ -23,7 +23,7 @@ RANK = {
     "loading": 3,
     "engine": 4,
     "train": 5, "video": 5,
-    "nodes": 6, "sdwebui": 6,
+    "nodes": 6, "sdwebui": 6, "on_ray": 6,
     "entry": 7,
 }
 HOST_ROOMS = {"nodes", "sdwebui", "entry"}
