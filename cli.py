@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     up.set_defaults(func=_cmd_upscale)
     from .video.cli import add_parser as add_video
 
-    add_video(sub, add_model_flags, _cmd_video)
+    add_ray_flags(add_video(sub, add_model_flags, _cmd_video), video=True)
     _add_finetune(sub)
     return parser
 
@@ -118,8 +118,12 @@ def _model(args):
 
 
 def _cmd_video(args) -> int:
+    from .on_ray import cli as on_ray
     from .video.cli import run
 
+    if args.ray is not None:
+        return on_ray.run_video(args, _choices, _model)
+    on_ray.check(args)
     return run(args, _choices, _model)
 
 

@@ -42,7 +42,7 @@ class Upscaler:
                  output_dir: str | None = None, threads: int | None = None, names: dict[str, str] | None = None):
         if threads:
             torch.set_num_threads(threads)
-        self.model = _load(model)
+        self.model = build_model(model)
         self.choices = choices or Choices()
         self.device = device
         self.names = names or {}
@@ -81,7 +81,7 @@ class Upscaler:
         return row
 
 
-def _load(model):
+def build_model(model):
     if callable(model):
         return model()
     from ..loading import load_model

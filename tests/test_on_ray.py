@@ -151,3 +151,66 @@ def test_the_hosts_installer_never_installs_ray():
 
     assert "ray" not in install.OPTIONAL_EXTRAS
     assert not any(name.lower().startswith("ray") for name, _, _ in install.read_requirements())
+
+
+def test_a_video_split_over_two_actors_equals_the_local_run_frame_for_frame(cluster, tmp_path, capsys):
+    """Four keyframe segments of a lossless clip over 2 actors, joined by remux with the audio,
+    against the local ``video`` command (ffv1: pixel for pixel); a second, non-video input is
+    an error line while the video is still written."""
+    pytest.importorskip("av")
+    from .test_video import make_clip, read
+
+    src = make_clip(tmp_path / "clip.mkv", n=12, codec="ffv1", pix_fmt="bgr0", gop=3, audio="pcm_s16le", photo="chelsea")
+    flags = ["--codec", "ffv1", "--segment-frames", "3", "--model", MODEL, "--backend", "ncnn", "--device", "cpu"]
+    assert main(["video", str(src), "-o", str(tmp_path / "local.mkv"), *flags, "--quiet"]) == 0
+    (tmp_path / "bad.mp4").write_text("not a video")
+    code = main(["video", str(src), str(tmp_path / "bad.mp4"), "-o", str(tmp_path / "ray"), *flags, "--ray"])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 actors" in err, err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        line for line in _local_errors(tmp_path / "bad.mp4", flags) if line.startswith("error:")]
+    local, ours = read(tmp_path / "local.mkv"), read(tmp_path / "ray" / "clip.mkv")
+    assert ours["pts"] == local["pts"] and ours["audio"] == local["audio"] and len(ours["pixels"]) == 12
+    assert all(np.array_equal(a, b) for a, b in zip(ours["pixels"], local["pixels"]))
+    assert not (tmp_path / "ray" / "clip.mkv.parts").exists()
+
+
+def _local_errors(path: Path, flags: list[str]) -> list[str]:
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        main(["video", str(path), "-o", str(path.with_name("local_bad.mp4")), *flags, "--quiet"])
+    return err.getvalue().splitlines()
+
+
+def test_an_actor_killed_mid_job_still_gives_every_output_exactly_once(cluster, tmp_path):
+    """SIGKILL one actor process once the first PNG is written: Ray restarts it and retries its
+    batch, and every input ends with one complete output, one row, and no .part file."""
+    import threading
+
+    import psutil
+
+    from realesrgan_tiled.on_ray.files import upscale_files
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(16):
+        Image.fromarray(photo(PHOTOS[i % 5], (40, 56))[0].mul(255).round().byte().numpy()).save(src / f"p{i:02d}.png")
+    out, killed = tmp_path / "out", []
+
+    def kill_one_actor():
+        while not killed:
+            if any(out.glob("p*.png")):
+                for proc in psutil.process_iter(["cmdline"]):
+                    if "MapWorker(MapBatches(Upscaler))" in " ".join(proc.info["cmdline"] or []):
+                        proc.kill()
+                        killed.append(proc.pid)
+                        return
+            threading.Event().wait(0.02)
+
+    killer = threading.Thread(target=kill_one_actor, daemon=True)
+    killer.start()
+    summary = upscale_files(sorted(src.iterdir()), str(out), MODEL, Choices(backend="ncnn"), cluster, "cpu")
+    killed.append(None)  # stops the killer if it found nothing
+    assert killed[0] is not None, "no actor process was found to kill"
+    assert [r["status"] for r in summary.rows] == ["done"] * 16
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"p{i:02d}.png" for i in range(16)] + ["_manifest.jsonl"])
+    assert all(np.asarray(Image.open(p)).shape == (80, 112, 3) for p in out.glob("p*.png"))

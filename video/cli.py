@@ -18,7 +18,7 @@ EXIT_USER_ERROR = 2
 KEEP_SUFFIX = (".mp4", ".m4v", ".mkv", ".webm", ".mov")  # an input of another container goes out as .mkv
 
 
-def add_parser(sub, add_model_flags, func) -> None:
+def add_parser(sub, add_model_flags, func) -> argparse.ArgumentParser:
     v = sub.add_parser("video", help="upscale video files: audio, subtitles and timestamps kept, resumable",
                        description="Upscale video files frame by frame with bounded memory; audio and subtitles are "
                                    "copied, timestamps, rotation and colour tags kept. A killed run continues with --resume.")
@@ -41,6 +41,7 @@ def add_parser(sub, add_model_flags, func) -> None:
     v.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT, and start an unfinished run over")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=func)
+    return v
 
 
 def require_av() -> None:

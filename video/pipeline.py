@@ -58,6 +58,48 @@ def upscale_video(job: VideoJob, model, choices: Choices, host: Host | None = No
     never an OUTPUT."""
     note = note or (lambda line: print(f"note: {line}", file=sys.stderr))
     host = host or Host()
+    plan = prepare(job, note)
+    total, count = plan.end - plan.first, [sum(s.count for s in plan.segments if s.index in plan.done)]
+
+    def advance(frames: int) -> None:
+        count[0] += frames
+        if progress:
+            progress(count[0], total)
+
+    advance(0)
+    try:
+        if plan.pending:
+            run_segments(plan.source, plan.pending, plan.encoding, plan.shift, model, choices, host, plan.work, advance, note)
+        finish(plan, note)
+    except BaseException:
+        abandon(plan)
+        raise
+    return job.output
+
+
+@dataclass
+class Planned:
+    """A job's probed source, encoder and segments, its work folder, and the segments an
+    earlier run finished: what any worker needs to encode one segment, and ``finish`` to join them."""
+
+    job: VideoJob
+    source: VideoSource
+    encoding: Encoding
+    first: int
+    end: int
+    segments: list[Segment]
+    work: WorkFolder
+    shift: int
+    done: set[int]
+
+    @property
+    def pending(self) -> list[Segment]:
+        return [s for s in self.segments if s.index not in self.done]
+
+
+def prepare(job: VideoJob, note: Callable[[str], None]) -> Planned:
+    """Check the output, probe the source, plan the segments and ready ``OUTPUT.parts/``
+    (``--resume``: keep the finished segments of the same plan)."""
     container_for(job.output)
     if job.output.resolve() == job.source.resolve():
         raise InputImageError(f"{job.output}: the output cannot be the input")
@@ -79,34 +121,30 @@ def upscale_video(job: VideoJob, model, choices: Choices, host: Host | None = No
     work.prepare(plan, job.resume, job.overwrite)
     done = work.finished(segments, part_frames)
     shift = int(source.pts[first] - source.pts[0]) if job.start else 0
-    total, count = end - first, [sum(s.count for s in segments if s.index in done)]
+    return Planned(job, source, encoding, first, end, segments, work, shift, done)
 
-    def advance(frames: int) -> None:
-        count[0] += frames
-        if progress:
-            progress(count[0], total)
 
-    advance(0)
-    try:
-        pending = [s for s in segments if s.index not in done]
-        if pending:
-            run_segments(source, pending, encoding, shift, model, choices, host, work, advance, note)
-        window = Window(start=_seconds(source, first) if job.start else None,
-                        end=_seconds(source, end) if end < source.frames else None,
-                        shift=float(shift * source.time_base))
-        final = work.final_tmp()
-        parts = [(work.part(s.index), (int(source.pts[s.first]) - shift) * source.time_base) for s in segments]
-        ends = int(source.pts[end]) if end < source.frames else int(source.pts[-1]) + source.last_duration
-        timeline = Timeline(source.pts[first:end] - shift, ends - shift, source.time_base, source.rate)
-        concatenate(parts, source.path, source.stream_index, final, encoding.container, source.rotation, window, timeline, note)
-        os.replace(final, job.output)
-    except BaseException:
-        work.final_tmp().unlink(missing_ok=True)
-        if not work.holds_parts():
-            work.remove()  # nothing finished: nothing to resume
-        raise
+def finish(plan: Planned, note: Callable[[str], None]) -> None:
+    """Every segment is in its part: concatenate them by remux with the source's audio and
+    subtitles into a temporary file, rename it to OUTPUT, remove the parts."""
+    source, first, end, shift, work = plan.source, plan.first, plan.end, plan.shift, plan.work
+    window = Window(start=_seconds(source, first) if plan.job.start else None,
+                    end=_seconds(source, end) if end < source.frames else None,
+                    shift=float(shift * source.time_base))
+    final = work.final_tmp()
+    parts = [(work.part(s.index), (int(source.pts[s.first]) - shift) * source.time_base) for s in plan.segments]
+    ends = int(source.pts[end]) if end < source.frames else int(source.pts[-1]) + source.last_duration
+    timeline = Timeline(source.pts[first:end] - shift, ends - shift, source.time_base, source.rate)
+    concatenate(parts, source.path, source.stream_index, final, plan.encoding.container, source.rotation, window, timeline, note)
+    os.replace(final, plan.job.output)
     work.remove()
-    return job.output
+
+
+def abandon(plan: Planned) -> None:
+    """After a failure: no half-written final file; the parts stay where there are any to resume."""
+    plan.work.final_tmp().unlink(missing_ok=True)
+    if not plan.work.holds_parts():
+        plan.work.remove()  # nothing finished: nothing to resume
 
 
 def frame_range(source: VideoSource, start: float | None, duration: float | None) -> tuple[int, int]:
