@@ -19,8 +19,8 @@ from realesrgan_tiled.loading import load_model
 
 from .conftest import photo
 
-ray = pytest.importorskip("ray", reason="the ray extra is not installed")
-pytest.importorskip("ray.data", reason="Ray Data does not import here (the WebUI pins' numpy under pandas)")
+ray = pytest.importorskip("ray", reason="the ray extra is not installed", exc_type=ImportError)
+pytest.importorskip("ray.data", reason="Ray Data does not import here (the WebUI pins: numpy 1.26 under pandas 3)", exc_type=ImportError)
 
 MODEL = "realesr-animevideov3-x2"
 FLAGS = ["--model", MODEL, "--backend", "ncnn", "--quiet"]
