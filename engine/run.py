@@ -126,13 +126,17 @@ def _place(model, device: torch.device, host: Host) -> None:
     model.eval()
 
 
+CANDIDATE_TILE_PIXELS = 256 * 256  # a backend other than torch's windowed plans must fit tiles this large
+
+
 def _backend_fits(model, device: torch.device, host: Host, name: str) -> bool:
-    """ncnn's or OpenVINO's fixed memory (their copies of the weights, a window per worker)
-    takes at most half of the tile budget: where memory is that tight, the torch plans' smaller
-    windows win."""
+    """Whether ``auto`` may pick ``name``: its fixed memory (ncnn's and OpenVINO's copies of the
+    weights) takes at most half of the tile budget, and a 256 px tile fits. Where memory is that
+    tight, the windowed torch plans' small working set wins: auto's probes time whole maps."""
     with backends.using(name):
-        fixed = model.cost(device, 4).fixed
-    return fixed <= settings.tile_budget(device, host.free_memory(device)) / 2
+        cost = model.cost(device, 4)
+    budget = settings.tile_budget(device, host.free_memory(device))
+    return cost.fixed <= budget / 2 and cost.bytes_for(CANDIDATE_TILE_PIXELS) <= budget
 
 
 def _offload_quietly(model, device) -> None:

@@ -157,7 +157,7 @@ def _fastest(model, dtypes: list[torch.dtype], pixels: int | None, fits: Callabl
     arch, net = model.our_architecture, model.network
     side = probes.shape_class(net, arch.name, pixels)
     allowed = {name for name in RUNS if unusable(name, model, torch.device("cpu"), torch.float32) is None
-               and (fits is None or name.startswith("torch") or fits(name))}
+               and (fits is None or name == "torch" or fits(name))}
     key = (arch.name, _network_key(net), torch.get_num_threads(), side, "+".join(DTYPE_NAMES[d] for d in dtypes),
            ",".join(sorted(allowed)))
     with _measure_lock:
@@ -209,35 +209,29 @@ def _ranked(found: dict) -> list[tuple[str, torch.dtype]]:
 
 
 def _seconds(found: dict) -> dict:
-    """Each candidate's estimated forward: its probes' scores times their weights. A probe's
-    score is its first call where that is what every stage of a single image pays (compiling),
-    else a second, warm call."""
-    seconds, done = {}, {}
+    """Each candidate's estimated forward: its probes' times their weights, each probe timed
+    once (``probes.py``). A candidate already slower than the best one so far is not timed
+    further (it is given its partial sum: the ranking holds)."""
+    seconds, done, best = {}, {}, float("inf")
     with torch.inference_mode():
         for key, parts in found.items():
             total = 0.0
             for probe in parts:
+                if total > best:
+                    break
                 if id(probe) not in done:  # one run under two names (torch's plan runs this size whole) is timed once
-                    done[id(probe)] = _score(probe)
+                    start = time.perf_counter()
+                    probe.run()
+                    done[id(probe)] = time.perf_counter() - start
                 total += probe.weight * done[id(probe)]
             seconds[key] = total
+            best = min(best, total)
     log.debug("auto's probes: %s", {f"{k[0]}/{DTYPE_NAMES[k[1]]}": round(v, 3) for k, v in seconds.items()})
     return seconds
 
 
-def _score(probe: probes.Probe) -> float:
-    start = time.perf_counter()
-    probe.run()
-    first = time.perf_counter() - start
-    if probe.compiles_per_stage:
-        return first
-    start = time.perf_counter()
-    probe.run()
-    return time.perf_counter() - start
-
-
 def _measure(probes_by_name: dict[str, Callable[[], None]]) -> str:
-    """The name whose probe ran fastest, each timed after one warm-up run."""
+    """The name whose probe ran fastest."""
     found = {(name, torch.float32): [probes.Probe(fn)] for name, fn in probes_by_name.items()}
     return _ranked(found)[0][0]
 

@@ -10,10 +10,10 @@ each in fp32, and in bf16 too where ``auto`` precision may pick it. An RRDBNet's
 RRDB (x4plus: 23 of them are 92 % of the work) over the trunk map of a probe-sized input; an
 SRVGGNetCompact's is the whole network on such an input.
 
-Each piece is a ``Probe``: its first call pays what a single image pays once per stage (for
-OpenVINO: compiling the stage for the shape, which the engine repeats for every stage of a new
-shape), so ``compiles_per_stage`` tells ``backend.py`` to score that first call; the others are
-scored by a second, warm call (their setup is paid once per shape, not per stage).
+Each piece is a ``Probe``, timed once, first call included: that is what a single image pays
+(for OpenVINO: compiling each stage for the shape; torch's and ncnn's one-time setup is
+milliseconds against a probe's 0.1-1 s). A warm-up call per candidate doubled the probes' cost,
+which a first image pays on top of its own run.
 """
 from __future__ import annotations
 
@@ -35,10 +35,12 @@ FIDELITY_DB = 50.0  # bf16 against fp32 on a real photo: below this, auto keeps 
 SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "sample.png"  # a real photo, shipped
 
 
+TAIL_PROBE_SHRINK = 2  # the tail is timed on a map this many times smaller a side (x4plus: its maps are 16x the trunk's)
+
+
 @dataclass
 class Probe:
     run: Callable[[], None]
-    compiles_per_stage: bool = False
     weight: float = 1.0  # how many times a whole forward runs this piece
 
 
@@ -75,29 +77,31 @@ def _rrdbnet_probes(net, side: int, dtype: torch.dtype) -> dict:
     ``side`` px input."""
     trunk = max(1, min(side, PROBE_MAX_SIDE["RRDBNet"]) // net.unshuffle)
     feat = torch.rand(1, net.num_feat, trunk, trunk)
+    small = feat[..., : max(1, trunk // TAIL_PROBE_SHRINK), : max(1, trunk // TAIL_PROBE_SHRINK)].contiguous()
+    tail_weight = (trunk / small.shape[-1]) ** 2
     one = types.SimpleNamespace(body=net.body[:1])  # a one-RRDB trunk for the torch plans
     blocks = len(net.body)
     windowed, whole = RRDBNetPlan(), RRDBNetPlan(trunk_window=None, tail_window=None)
     if windowed.trunk_in_windows(one, (side // net.unshuffle) ** 2):  # the real input's trunk walks windows
         windowed = RRDBNetPlan(whole_map_max_pixels=0)
     probes = {"torch-whole": [Probe(_autocast(dtype, lambda: whole._trunk(one, feat)), weight=blocks),
-                              Probe(_autocast(dtype, lambda: whole._tail(net, feat)))]}
+                              Probe(_autocast(dtype, lambda: whole._tail(net, small)), tail_weight)]}
     probes["torch"] = [Probe(_autocast(dtype, lambda: windowed._trunk(one, feat)), weight=blocks),
-                       Probe(_autocast(dtype, lambda: windowed._tail(net, feat)))]
+                       Probe(_autocast(dtype, lambda: windowed._tail(net, small)), tail_weight)]
     if not windowed.trunk_in_windows(one, trunk * trunk):  # the same trunk run: timed once
         probes["torch"][0] = probes["torch-whole"][0]
     if dtype == torch.float32 and ncnn.available():
         stages, tail = _ncnn_stages(net)
         on_ncnn = ncnn.rrdbnet.RRDBNetNcnnPlan()
         probes["ncnn"] = [Probe(lambda: on_ncnn._trunk([stages], feat), weight=blocks),
-                          Probe(lambda: _ncnn_tail(on_ncnn, tail, net, feat))]
+                          Probe(lambda: _ncnn_tail(on_ncnn, tail, net, small), tail_weight)]
     if openvino.available():  # new stages: their first call compiles, as each stage of a new shape does
         # one RRDB, compiled and run: compiling scales with the weights, so blocks x this is
         # about the trunk's stages compiled and run once
         rrdb = openvino.rrdbnet.rrdb_stage(list(net.body[:1]), net.num_feat)
         ov_tail, on_openvino = openvino.rrdbnet.tail_stage(net), openvino.rrdbnet.RRDBNetOpenVINOPlan()
-        probes["openvino"] = [Probe(_autocast(dtype, lambda: rrdb.run(feat[0].numpy())), True, weight=blocks),
-                              Probe(_autocast(dtype, lambda: on_openvino.run_tail(ov_tail, net, feat)), True)]
+        probes["openvino"] = [Probe(_autocast(dtype, lambda: rrdb.run(feat[0].numpy())), weight=blocks),
+                              Probe(_autocast(dtype, lambda: on_openvino.run_tail(ov_tail, net, small)), tail_weight)]
     if not blocks:
         for parts in probes.values():
             del parts[0]
@@ -138,7 +142,7 @@ def _srvgg_probes(net, side: int, dtype: torch.dtype) -> dict:
         probes["ncnn"] = [Probe(lambda: plan.run(net, x))]
     if openvino.available():
         stage = openvino.srvgg.body_stage(net)  # new: its first call compiles
-        probes["openvino"] = [Probe(_autocast(dtype, lambda: stage.run(x[0].numpy())), True)]
+        probes["openvino"] = [Probe(_autocast(dtype, lambda: stage.run(x[0].numpy())))]
     return probes
 
 

@@ -131,7 +131,7 @@ if sys.argv[1] == "second":
     def no_probe(*args):
         raise AssertionError("probed again although the cache holds the answer")
     probes.candidates = no_probe
-print(backend.resolve("auto", model, torch.device("cpu"), torch.float32, 1024 * 1024))
+print(backend.resolve("auto", model, torch.device("cpu"), torch.float32, 256 * 256))
 """
 
 

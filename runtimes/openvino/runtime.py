@@ -98,7 +98,7 @@ class Stage:
             request = compiled.create_infer_request()
             out = np.array(request.infer({0: x[None]})[0][0], copy=True)
             del request
-            # a compiled model keeps its intermediate maps (84 MB for an RRDB at 200x200): with
-            # one per stage that is 23 stages' working sets at once, unless handed back
+            # a compiled model keeps its intermediate maps (84 MB for six RRDBs at 200x200): with
+            # one per stage and window shape that is all their working sets at once, unless handed back
             compiled.release_memory()
         return out
