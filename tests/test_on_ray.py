@@ -214,3 +214,26 @@ def test_an_actor_killed_mid_job_still_gives_every_output_exactly_once(cluster, 
     assert [r["status"] for r in summary.rows] == ["done"] * 16
     assert sorted(p.name for p in out.iterdir()) == sorted([f"p{i:02d}.png" for i in range(16)] + ["_manifest.jsonl"])
     assert all(np.asarray(Image.open(p)).shape == (80, 112, 3) for p in out.glob("p*.png"))
+
+
+@pytest.mark.slow
+def test_the_same_command_runs_on_a_two_node_cluster(inputs, local_run, tmp_path):
+    """``--ray ADDRESS`` against two real Ray nodes of 1 CPU each (``cluster_utils.Cluster``): one
+    actor lands on each, the reads still get CPU, and the files equal the local CLI's."""
+    import subprocess
+    import sys
+
+    from ray.cluster_utils import Cluster
+
+    two = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        two.add_node(num_cpus=1)
+        two.wait_for_nodes()
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        run = subprocess.run([sys.executable, "-m", "realesrgan_tiled", "upscale", str(inputs), "-o", str(tmp_path),
+                              "--ray", two.address, *FLAGS[:-1]], capture_output=True, text=True, env=env, timeout=300)
+    finally:
+        two.shutdown()
+    assert run.returncode == 2 and "on 2 actors" in run.stderr, run.stderr
+    for name in PHOTOS:
+        assert np.array_equal(_pixels(tmp_path / f"{name}.png"), _pixels(local_run[1] / f"{name}.png"))
