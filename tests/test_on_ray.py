@@ -217,14 +217,18 @@ def test_an_actor_killed_mid_job_still_gives_every_output_exactly_once(cluster, 
 
 
 @pytest.mark.slow
-def test_the_same_command_runs_on_a_two_node_cluster(inputs, local_run, tmp_path):
+def test_the_same_command_runs_on_a_two_node_cluster(inputs, local_run, tmp_path, monkeypatch):
     """``--ray ADDRESS`` against two real Ray nodes of 1 CPU each (``cluster_utils.Cluster``): one
     actor lands on each, the reads still get CPU, and the files equal the local CLI's."""
+    import shutil
     import subprocess
     import sys
+    import tempfile
 
     from ray.cluster_utils import Cluster
 
+    temp = tempfile.mkdtemp(prefix="rtray-")  # not /tmp/ray; short, for Ray's socket paths
+    monkeypatch.setenv("RAY_TMPDIR", temp)
     two = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         two.add_node(num_cpus=1)
@@ -234,6 +238,7 @@ def test_the_same_command_runs_on_a_two_node_cluster(inputs, local_run, tmp_path
                               "--ray", two.address, *FLAGS[:-1]], capture_output=True, text=True, env=env, timeout=300)
     finally:
         two.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
     assert run.returncode == 2 and "on 2 actors" in run.stderr, run.stderr
     for name in PHOTOS:
         assert np.array_equal(_pixels(tmp_path / f"{name}.png"), _pixels(local_run[1] / f"{name}.png"))
