@@ -132,20 +132,23 @@ class Output:
             with self.fs.open_output_stream(target) as f:
                 f.write(data)
 
-    def is_complete_png(self, target: str) -> bool:
-        """The file is there and ends with PNG's IEND chunk: a finished output (a killed run
-        leaves only ``.part`` files, which are written over)."""
+    def complete_png_size(self, target: str) -> tuple[int, int] | None:
+        """(width, height) if the file is there, starts as a PNG and ends with its IEND chunk:
+        a finished output (a killed run leaves only ``.part`` files, which are written over)."""
         iend = b"\x00\x00\x00\x00IEND\xaeB`\x82"
         try:
             if self.local is not None:
                 with open(target, "rb") as f:
-                    f.seek(0, 2)
-                    if f.tell() < 57:
-                        return False
-                    f.seek(-12, 2)
-                    return f.read(12) == iend
-            with self.fs.open_input_file(target) as f:
-                size = f.size()
-                return size >= 57 and f.read_at(12, size - 12) == iend
-        except (OSError, FileNotFoundError):
-            return False
+                    head = f.read(24)
+                    size = f.seek(0, 2)
+                    f.seek(max(size - 12, 0))
+                    tail = f.read(12)
+            else:
+                with self.fs.open_input_file(target) as f:
+                    size = f.size()
+                    head, tail = f.read_at(24, 0), f.read_at(12, max(size - 12, 0))
+        except OSError:
+            return None
+        if size < 57 or head[:8] != b"\x89PNG\r\n\x1a\n" or tail != iend:
+            return None
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")

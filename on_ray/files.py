@@ -61,8 +61,9 @@ def upscale_files(paths: list[Path], output_dir: str, model, choices, cluster: C
     pending = []
     for path, name in zip(paths, names):
         key = str(path.resolve())
-        if not overwrite and out.is_complete_png(rows[key]["output"]):
-            rows[key]["status"] = "skipped"
+        size = None if overwrite else out.complete_png_size(rows[key]["output"])
+        if size:
+            rows[key].update(status="skipped", width=size[0], height=size[1])
         else:
             pending.append((key, name))
     summary = Summary()

@@ -97,6 +97,7 @@ def test_resume_skips_complete_outputs_and_redoes_missing_or_broken_ones(cluster
     rows = _manifest(tmp_path)
     assert {n for n, r in rows.items() if r["status"] == "done"} == {"astronaut.png", "chelsea.png"}
     assert {n for n, r in rows.items() if r["status"] == "skipped"} == {"coffee.png", "rocket.png", "camera.png"}
+    assert all((r["width"], r["height"]) == (112, 80) for r in rows.values() if r["status"] != "failed")
     assert (tmp_path / "chelsea.png").read_bytes() == good
     for name in ("coffee", "rocket", "camera"):
         assert (tmp_path / f"{name}.png").stat().st_mtime_ns == first[name]
