@@ -158,7 +158,7 @@ def _fastest(model, dtypes: list[torch.dtype], pixels: int | None, fits: Callabl
     side = probes.shape_class(net, arch.name, pixels)
     allowed = {name for name in RUNS if unusable(name, model, torch.device("cpu"), torch.float32) is None
                and (fits is None or name == "torch" or fits(name))}
-    key = (arch.name, _network_key(net), torch.get_num_threads(), side, "+".join(DTYPE_NAMES[d] for d in dtypes),
+    key = (arch.name, probes.network_key(arch.name, net), torch.get_num_threads(), side, "+".join(DTYPE_NAMES[d] for d in dtypes),
            ",".join(sorted(allowed)))
     with _measure_lock:
         if key not in _measured:
@@ -178,13 +178,6 @@ def _valid(cached, allowed: set[str], dtypes: list[torch.dtype]) -> bool:
         return False
     name, precision = cached.split("/")
     return name in allowed and precision in {DTYPE_NAMES[d] for d in dtypes}
-
-
-def _network_key(net: torch.nn.Module) -> tuple:
-    """What decides the candidates' relative speed besides the input size."""
-    keys = ("num_feat", "num_grow_ch", "num_block", "unshuffle", "num_conv", "act_type", "upscale")
-    return tuple(getattr(net, k) if not isinstance(getattr(net, k), torch.nn.Module) else len(getattr(net, k))
-                 for k in keys if hasattr(net, k)) + (getattr(net, "receptive_radius", 0),)
 
 
 def _measure_network(model, side: int, dtypes: list[torch.dtype], allowed: set[str]) -> str:

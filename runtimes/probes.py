@@ -52,6 +52,13 @@ def shape_class(net: torch.nn.Module, arch_name: str, pixels: int | None) -> int
     return max(PROBE_MIN_SIDE, 2 ** math.ceil(math.log2(max(side, 1))))
 
 
+def network_key(arch_name: str, net: torch.nn.Module) -> tuple:
+    """What decides the candidates' relative speed besides the input size."""
+    if arch_name == "RRDBNet":
+        return net.num_feat, net.num_grow_ch, len(net.body), net.num_upsample, net.unshuffle
+    return net.num_feat, net.act_type, net.upscale, net.receptive_radius
+
+
 def candidates(arch_name: str, net: torch.nn.Module, side: int, dtypes, runnable: Callable[[str, torch.dtype], bool]) -> dict:
     """{(run name, dtype): [Probe, ...]} for the candidates ``runnable`` allows: a forward's
     time is about the sum of each probe's time times its weight."""
