@@ -43,7 +43,7 @@ PY
     lscpu | grep "Model name"
     /usr/bin/time -f "cpu seconds: %U user + %S sys, %e s wall" .venv/bin/python -m realesrgan_tiled finetune \
       --data $DIR/arch/train --val $DIR/arch/val --base realesr-animevideov3-x4 -o /tmp/finetune_gan.safetensors \
-      --iterations 300 --device cpu --report bench/results/finetune_gan_cpu_$DATE.json --quiet 2>&1 \
+      --iterations 100 --device cpu --report bench/results/finetune_gan_cpu_$DATE.json --quiet 2>&1 \
       | tee bench/results/finetune_gan_cpu_$DATE.log ;;
   *) echo "usage: bench/finetune_cpu.sh prepare|l1|gan" >&2; exit 2 ;;
 esac
