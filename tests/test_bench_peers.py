@@ -85,7 +85,7 @@ def check_row(row, threads=1, repeats=2):
     assert len(row["runs"]) == repeats and row["first_seconds"] == row["seconds"] == row["runs"][0] > 0
     assert row["best_seconds"] == min(row["runs"])
     assert 0 < row["baseline_rss_bytes"] <= row["peak_rss_bytes"] < 2**31  # its own process, not the parent's
-    assert f"{threads} threads, fp32" in row["detail"]
+    assert f"{threads} threads" in row["detail"]
 
 
 def test_ncnn_peers_match_the_torch_reference_on_real_weights(peers):

@@ -115,7 +115,8 @@ def test_auto_keeps_the_backend_whose_probe_ran_faster():
 def test_auto_measures_once_per_network_shape_on_the_cpu(compact, monkeypatch):
     x = torch.rand(1, 272, 256, 3)
     choice = run_engine(compact, x, precision="fp32").ran.backend
-    (arch, _, threads, side, precisions, _), stored = next((k, v) for k, v in backends.measured().items() if k[3] == 512)
+    (arch, _, threads, side, precisions, _), stored = next(
+        (k, v) for k, v in backends.measured().items() if k[3] == 512 and k[0] == compact.our_architecture.name)
     assert (arch, threads, precisions, stored) == (compact.our_architecture.name, torch.get_num_threads(), "fp32", f"{choice}/fp32")
     monkeypatch.setattr(probes, "candidates", lambda *a: pytest.fail("measured again"))
     assert run_engine(compact, x, precision="fp32").ran.backend == choice
