@@ -14,6 +14,25 @@ from .runtime import NCNN_WINDOW_FACTOR, Stage, StageCache, ncnn_weight_bytes, r
 from .writer import GraphWriter
 
 
+def body_in_windows(net: SRVGGNetCompact, body, x: torch.Tensor, side: int, threads: int | None,
+                    release: bool = False) -> torch.Tensor:
+    """SRVGG's body (a runtime's stage) over ``x`` in windows of ``side``, each window's core
+    plus the network's upsampled base written into the output (the ncnn and OpenVINO plans)."""
+    x = x.float()
+    n, _, h, w = x.shape
+    up = net.upscale
+    # channels-last: its HWC view is the engine's result as is
+    out = torch.empty((n, net.num_out_ch, h * up, w * up), memory_format=torch.channels_last)
+
+    def place(i: int, win: Window, result: torch.Tensor) -> None:
+        rows, cols = win.core
+        out[i, :, rows.start * up : rows.stop * up, cols.start * up : cols.stop * up] = \
+            net.add_base(result.unsqueeze(0), x[i : i + 1, :, rows, cols])[0]
+
+    run_in_windows(body, x, side, net.receptive_radius, place, threads=threads, release=release)
+    return out
+
+
 @dataclass(frozen=True)
 class SRVGGNcnnPlan:
     window: int = 192  # window side before the halo
@@ -21,20 +40,7 @@ class SRVGGNcnnPlan:
     backend = "ncnn"
 
     def run(self, net: SRVGGNetCompact, x: torch.Tensor) -> torch.Tensor:
-        body = _STAGES.get(net)
-        x = x.float()
-        n, _, h, w = x.shape
-        up = net.upscale
-        # channels-last: its HWC view is the engine's result as is
-        out = torch.empty((n, net.num_out_ch, h * up, w * up), memory_format=torch.channels_last)
-
-        def place(i: int, win: Window, result: torch.Tensor) -> None:
-            rows, cols = win.core
-            out[i, :, rows.start * up : rows.stop * up, cols.start * up : cols.stop * up] = \
-                net.add_base(result.unsqueeze(0), x[i : i + 1, :, rows, cols])[0]
-
-        run_in_windows(body, x, self.window, net.receptive_radius, place, threads=self.threads, release=True)
-        return out
+        return body_in_windows(net, _STAGES.get(net), x, self.window, threads=self.threads, release=True)
 
     def window_steps(self, net: SRVGGNetCompact, height: int, width: int, element_size: int = 4) -> int:
         return len(even_spans(height, self.window)) * len(even_spans(width, self.window))

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from ...archs.srvgg.network import SRVGGNetCompact
-from ...archs.windows import Window, even_spans
-from ..ncnn.runtime import StageCache, run_in_windows
+from ...archs.windows import even_spans
+from ..ncnn.runtime import StageCache
+from ..ncnn.srvgg import body_in_windows
 from . import graph
 from .rrdbnet import OPENVINO_MAP_FACTOR, OPENVINO_WEIGHT_FACTOR
 from .runtime import Stage
@@ -22,20 +23,8 @@ class SRVGGOpenVINOPlan:
     backend = "openvino"
 
     def run(self, net: SRVGGNetCompact, x: torch.Tensor) -> torch.Tensor:
-        body = _STAGES.get(net)
-        x = x.float()
-        n, _, h, w = x.shape
-        up = net.upscale
-        out = torch.empty((n, net.num_out_ch, h * up, w * up), memory_format=torch.channels_last)
-
-        def place(i: int, win: Window, result: torch.Tensor) -> None:
-            rows, cols = win.core
-            out[i, :, rows.start * up : rows.stop * up, cols.start * up : cols.stop * up] = \
-                net.add_base(result.unsqueeze(0), x[i : i + 1, :, rows, cols])[0]
-
-        side = max(h, w) if self.window is None else self.window
-        run_in_windows(body, x, side, net.receptive_radius, place, threads=1)
-        return out
+        side = max(x.shape[-2:]) if self.window is None else self.window
+        return body_in_windows(net, _STAGES.get(net), x, side, threads=1)
 
     def window_steps(self, net: SRVGGNetCompact, height: int, width: int, element_size: int = 4) -> int:
         if self.window is None:
