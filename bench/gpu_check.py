@@ -371,7 +371,7 @@ def main(argv=None) -> int:
     for name in ("environment", "fidelity", "tiled_vs_whole", "auto_tile_and_memory", "throughput", "engine_profile",
                  "layout", "against_core", "real_oom", "nan_guard", "cancel_in_a_tile", "syncs_per_tile"):
         checker.run(name, getattr(checker, name))
-    for name in ("video_batch", "syncs_per_frame", "compiled_network"):  # the GPU pipeline's sections
+    for name in ("video_batch", "overlap", "syncs_per_frame", "device_accumulation", "compiled_network"):  # the GPU pipeline's sections
         checker.run(name, functools.partial(getattr(gpu_pipeline, name), checker))
     report = {"passed": all(s.get("passed") for s in checker.sections.values()), "sections": checker.sections}
     text = json.dumps(report, indent=1)

@@ -139,3 +139,65 @@ def compiled_network(checker) -> dict:
                     row[f"{mode}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
         rows[name] = row
     return {"passed": True, **rows}
+
+
+def overlap(checker) -> dict:
+    """The pipeline's copy lanes (engine/lanes.py) on and off: animevideov3 1080p -> 4K, uint8
+    out, fps and whether both give the same bytes. Off CUDA both sides are the plain lanes."""
+    from realesrgan_tiled.engine import Choices, Host, lanes, upscale
+
+    model = checker.models["realesr-animevideov3-x4"]
+    n = checker.size(32, 4)
+    images = _frames(checker, checker.size(1080, 24), checker.size(1920, 32), n)
+    rows, outs = {}, {}
+    for on in (True, False):
+        lanes.OVERLAP_ON_CUDA = on
+        try:
+            host = Host(device=checker.device, output_dtype=torch.uint8)
+            seconds, result = checker.timed(lambda h=host: upscale(images, model, Choices(), h))
+        finally:
+            lanes.OVERLAP_ON_CUDA = True
+        rows[f"overlap_{'on' if on else 'off'}_fps"] = round(n / seconds, 2)
+        outs[on] = result.images
+    same = torch.equal(outs[True], outs[False])
+    rows["speedup"] = round(rows["overlap_on_fps"] / max(rows["overlap_off_fps"], 1e-9), 3)
+    return {"passed": same, "same_bytes": same, "frames": n, **rows}
+
+
+def device_accumulation(checker) -> dict:
+    """The tile loop's device path (tiles add into a result on the device) against the host
+    path: x4plus, a 2048 px photo in 512 px tiles, fp16; seconds, host syncs and PSNR between
+    them. The dry run makes the CPU take the device path, so its code runs in CI."""
+    from realesrgan_tiled.engine import run as engine_run
+
+    model = checker.models["RealESRGAN_x4plus"]
+    side, tile = checker.size(2048, 40), checker.size(512, 16)
+    image = _frames(checker, side, side, 1)
+    rows, outs = {}, {}
+    for label, where in (("device", (checker.device.type,)), ("host", ())):
+        engine_run.ACCUMULATE_ON = where
+        try:
+            seconds, result = checker.timed(checker.upscale, model, image, tile_size=tile)
+            rows[f"{label}_s"] = round(seconds, 4)
+            rows[f"{label}_syncs"] = _syncs(checker, lambda: checker.upscale(model, image, tile_size=tile))
+        finally:
+            engine_run.ACCUMULATE_ON = ("cuda",)
+        outs[label] = result.images
+    from gpu_check import psnr
+
+    rows["psnr_device_vs_host_db"] = round(psnr(outs["device"], outs["host"]), 1)
+    rows["tiles"] = result.ran.tiles
+    return {"passed": rows["psnr_device_vs_host_db"] >= 60, **rows}
+
+
+def _syncs(checker, fn) -> int | None:
+    if checker.device.type != "cuda":
+        return None
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught)

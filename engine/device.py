@@ -21,14 +21,13 @@ def home(out: torch.Tensor) -> torch.Tensor:
     return (_copy_home_pinned(hwc) if out.device.type == "cuda" else hwc.cpu()).permute(2, 0, 1)
 
 
-def home_frames(out: torch.Tensor) -> torch.Tensor:
-    """A batch's [N, C, H, W] output as [N, H, W, C] on the host; off the CPU permuted on the
-    device and copied home through the pinned buffer."""
-    nhwc = out.permute(0, 2, 3, 1)
-    if out.device.type == "cpu":
-        return nhwc
-    nhwc = nhwc.contiguous()
-    return _copy_home_pinned(nhwc) if out.device.type == "cuda" else nhwc.cpu()
+def home_hwc(image: torch.Tensor) -> torch.Tensor:
+    """An [H, W, C] result on the host: off the CPU made contiguous there and, from CUDA,
+    copied home through the pinned buffer."""
+    if image.device.type == "cpu":
+        return image
+    image = image.contiguous()
+    return _copy_home_pinned(image) if image.device.type == "cuda" else image.cpu()
 
 
 def _copy_home_pinned(src: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,8 @@ import logging
 import torch
 
 from . import settings
-from .device import home_frames, is_out_of_memory, release_cached
+from .device import is_out_of_memory, release_cached
+from .lanes import Lanes, lanes_for
 from .tile_loop import Run, forward, report_progress, rerun_in_fp32, upscale_image
 
 log = logging.getLogger(__name__)
@@ -34,42 +35,79 @@ def frames_per_forward(chosen: int | None, device: torch.device, fixed: float, p
 
 def upscale_whole_frames(run: Run, images: torch.Tensor, out: torch.Tensor, k: int, passes) -> None:
     """``images`` [B, H, W, C] (host) into ``out`` [B, H*s, W*s, C] (host, any output dtype),
-    ``k`` frames per forward."""
-    start = 0
+    ``k`` frames per forward, as a pipeline: while the device runs batch i, batch i+1 is
+    uploaded and batch i-1 comes home and is written into ``out`` (lanes.py)."""
+    lanes = lanes_for(run.device)
+    start, queued, home = 0, None, None  # queued: the next batch, uploaded; home: the last, on its way
     while start < images.shape[0]:
         n = min(max(k, 1), images.shape[0] - start)
-        frames = images[start : start + n].permute(0, 3, 1, 2)
-        y = _forward_frames(run, frames) if k > 0 else None
+        if k == 0:  # one frame does not fit whole: from here on the tile loop, which splits the tile
+            home = _written(run, home, out)
+            dest = torch.zeros((*out.shape[1:-1], out.shape[-1]), dtype=torch.float32)
+            upscale_image(run, images[start], passes, dest, run.tile_cap)
+            out[start] = settings.to_output(dest, out.dtype)
+            start += 1
+            continue
+        x = queued[1] if queued is not None and queued[0] == (start, n) else lanes.upload(images[start : start + n])
+        queued = None
+        y = _forward_frames(run, x.permute(0, 3, 1, 2))
+        del x
         if y is None:  # out of memory
             if n > 1:
                 k = n // 2
                 log.warning("out of memory on %d frames at once; retrying %d at a time", n, k)
-                continue
-            k = 0  # one frame does not fit whole: from here on the tile loop, which splits the tile
-            dest = torch.zeros((*out.shape[1:-1], out.shape[-1]), dtype=torch.float32)
-            upscale_image(run, images[start], passes, dest, run.tile_cap)
-            out[start] = settings.to_output(dest, out.dtype)
-        else:
-            out[start : start + n] = home_frames(settings.to_output(y, out.dtype))
-            del y
-            run.ran.tiles += n
-            run.done_tiles += n
-            report_progress(run)
-        start += n
+            else:
+                k = 0
+            continue
+        frames_out, finite = y
+        landing = lanes.download(_nhwc(settings.to_output(frames_out, out.dtype)), finite)
+        del frames_out, y
+        after = start + n
+        if after < images.shape[0]:  # the next batch goes up while this one runs
+            following = min(k, images.shape[0] - after)
+            queued = ((after, following), lanes.upload(images[after : after + following]))
+        home = _written(run, home, out)
+        home = (start, n, landing, images)
+        start = after
+    _written(run, home, out)
 
 
-def _forward_frames(run: Run, frames: torch.Tensor) -> torch.Tensor | None:
-    """The clamped output of a batch of frames on the device, flagged frames re-run in fp32;
+def _written(run: Run, home, out: torch.Tensor) -> None:
+    """Wait for a batch's result to land and write it into ``out``; its frames whose half-precision
+    output was not finite are re-run alone in fp32 first. Returns None: nothing on its way any more."""
+    if home is None:
+        return None
+    start, n, landing, images = home
+    frames_home, finite = landing()
+    out[start : start + n] = frames_home
+    for i in (~finite).nonzero().flatten().tolist():
+        redone = rerun_in_fp32(run, images[start + i].permute(2, 0, 1))
+        redone = torch.nan_to_num_(redone, nan=0.0).clamp_(0, 1)
+        out[start + i] = Lanes(run.device).download(_nhwc(settings.to_output(redone[None], out.dtype))[0])()[0]
+    run.ran.tiles += n
+    run.done_tiles += n
+    report_progress(run)
+    return None
+
+
+def _nhwc(frames: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] as [N, H, W, C]: off the CPU made contiguous there, so the copy home is one
+    block; on the CPU a view, written into the result as it is."""
+    nhwc = frames.permute(0, 2, 3, 1)
+    return nhwc if nhwc.device.type == "cpu" else nhwc.contiguous()
+
+
+def _forward_frames(run: Run, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A batch of frames on the device: their clamped output and, per frame, whether its
+    half-precision output was finite (on the device: read when the batch lands, no sync here);
     None when it ran out of memory (its memory released first)."""
     if run.host.check_cancel is not None:
         run.host.check_cancel()
     try:
         y = forward(run, frames, run.dtype)
-        if run.dtype != torch.float32:
-            finite = torch.isfinite(y).flatten(1).all(1)
-            for i in (~finite).nonzero().flatten().tolist():  # the batch's one sync
-                y[i] = rerun_in_fp32(run, frames[i])
-        return torch.nan_to_num_(y, nan=0.0).clamp_(0, 1)
+        finite = torch.isfinite(y).flatten(1).all(1) if run.dtype != torch.float32 else torch.ones(
+            y.shape[0], dtype=torch.bool, device=y.device)
+        return torch.nan_to_num_(y, nan=0.0).clamp_(0, 1), finite
     except Exception as e:  # out of memory is a RuntimeError in torch, an AcceleratorError on some backends
         if not (is_out_of_memory(e) or (run.host.is_oom is not None and run.host.is_oom(e))):
             raise

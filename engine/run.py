@@ -14,7 +14,7 @@ import torch
 from ..runtimes import backend as backends
 from . import settings
 from .channels import channel_passes
-from .device import call_model
+from .device import call_model, home_hwc
 from .frames import frames_per_forward, upscale_whole_frames
 from .interface import Choices, Host, RunReport, Upscaled
 from .memory import model_cost, model_overlap
@@ -99,11 +99,17 @@ def _upscale_once(images: torch.Tensor, model, choices: Choices, host: Host) -> 
                 upscale_whole_frames(run, images, out, k, passes)
             else:
                 out = torch.empty((batch, *target, channels), dtype=host.output_dtype, device=out_device)
+                run.on_device = _result_fits_on_device(device, host, per_frame, tile, (height, width), channels, scale)
                 for b in range(batch):
-                    dest = out[b] if direct else torch.empty((*model_size, channels), dtype=torch.float32)
-                    upscale_image(run, images[b], passes, dest, tile)
-                    if not direct:
-                        out[b] = settings.to_output(resize_images(dest.unsqueeze(0), target, resample)[0], host.output_dtype)
+                    if run.on_device:  # the image goes up once, the result comes home once
+                        dest = torch.empty((*model_size, channels), dtype=torch.float32, device=device)
+                        upscale_image(run, images[b].to(device), passes, dest, tile)
+                    else:
+                        dest = out[b] if direct else torch.empty((*model_size, channels), dtype=torch.float32)
+                        upscale_image(run, images[b], passes, dest, tile)
+                    if run.on_device or not direct:
+                        result = settings.to_output(resize_images(dest.unsqueeze(0), target, resample)[0], host.output_dtype)
+                        out[b] = home_hwc(result) if out_device.type == "cpu" else result
     except BaseException:
         if host.place_model is None:
             _offload_quietly(model, host.offload_device)  # even on error or cancel, without hiding the error
@@ -124,6 +130,22 @@ def _place(model, device: torch.device, host: Host) -> None:
     # (ComfyUI 0.3's core upscale node ends with .to("cpu")), which the manager cannot see
     model.to(device)
     model.eval()
+
+
+ACCUMULATE_ON = ("cuda",)  # device types whose tiles add into a result kept there (engine/tile_loop.py)
+
+
+def _result_fits_on_device(device: torch.device, host: Host, per_frame: tuple[float, float], tile: int,
+                           image_hw: tuple[int, int], channels: int, scale: int) -> bool:
+    """Whether a tiled image's fp32 result, and the image itself, fit on the device beside a
+    tile's working set (``per_frame``: the fixed part and a whole frame's, per input px)."""
+    if device.type not in ACCUMULATE_ON:
+        return False
+    fixed, frame = per_frame
+    pixels = image_hw[0] * image_hw[1]
+    tile_set = fixed + frame * min(tile * tile, pixels) / max(1, pixels)
+    kept = 4 * channels * pixels * (1 + scale * scale)  # the image and its result, fp32
+    return tile_set + kept <= settings.tile_budget(device, host.free_memory(device))
 
 
 CANDIDATE_TILE_PIXELS = 256 * 256  # a backend other than torch's windowed plans must fit tiles this large
@@ -157,13 +179,17 @@ def _tile_size(model, chosen: int | None, host: Host, device, dtype, image_hw, m
     """(tile, bytes asked of the host, (fixed, per whole frame) working set): the user's tile, or
     the largest whose working set fits the free memory. Either way the host is first asked to
     make room for it (an automatic one: up to ROOM_TILE_PIXELS). A whole frame also holds its
-    output in the consumer's dtype (``out_bytes`` per output px) on the device."""
+    output in the consumer's dtype (``out_bytes`` per output px) on the device, and the
+    pipeline's buffers in flight."""
     ask = host.place_model or host.make_room
     asked, per_frame = 0, (0.0, 0.0)
     if chosen is None or ask is not None or device.type != "cpu":
         cost = model_cost(model, device, dtype, call_model)
         per_pixel = cost.per_pixel + HOME_BYTES_PER_OUTPUT_PIXEL * int(model.scale) ** 2
-        per_frame = (cost.fixed, (per_pixel + out_bytes * int(model.scale) ** 2) * image_hw[0] * image_hw[1])
+        # the output in the consumer's dtype twice (this batch's, and the last one's still on its
+        # way home: frames.py's pipeline) and the next batch's input, already up (fp32, <= 4 channels)
+        in_flight = 2 * out_bytes * int(model.scale) ** 2 + 4 * 4
+        per_frame = (cost.fixed, (per_pixel + in_flight) * image_hw[0] * image_hw[1])
         pixels = chosen**2 if chosen is not None else min(image_hw[0] * image_hw[1], settings.ROOM_TILE_PIXELS)
         if ask is not None:
             asked = int(cost.fixed + per_pixel * pixels)

@@ -1,13 +1,15 @@
 """The tile loop: each image, and within it each channel group (``channels.py``), cut into equal
 tiles laid out evenly (``tiles.py``), one tile at a time on the device, its weighted output
-added straight into the host-side result. A tile that runs out of memory is re-run alone as
-smaller tiles (and later tiles start at the size that fitted); a half-precision tile whose
-output is not finite is re-run alone in fp32."""
+added straight into the result: on the host, or, where the run keeps the result on the device
+(``Run.on_device``), there, with no copy home and no sync per tile. A tile that runs out of
+memory is re-run alone as smaller tiles (and later tiles start at the size that fitted); a
+half-precision tile whose output is not finite is re-run alone in fp32: at once on the host
+path, and on the device path once the image's finite flags are read, after its last tile."""
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,6 +25,7 @@ from .tiles import MIN_TILE, axis_spans, count_tiles, round_tile
 log = logging.getLogger(__name__)
 
 FP32_SWITCH_AFTER = 2  # half-precision tiles that overflowed before the rest of a run goes fp32
+RUN_AHEAD_TILES = 3  # tiles queued on a CUDA device ahead of the one the host waits for: cancel and progress stay prompt
 
 
 @dataclass
@@ -42,6 +45,9 @@ class Run:
     tile_cap: int = 0  # lowered after an OOM so later tiles do not fail the same way
     reported_at: float = 0.0  # when progress within a tile was last reported
     reported: float = -1.0  # the last value reported: progress never goes back (OOM sub-tiles restart their windows)
+    on_device: bool = False  # tiles add into a result on the device (run.py decides where it fits)
+    unchecked: list = field(default_factory=list)  # on the device path: (finite flag, tile, weight, redo) per tile
+    in_flight: list = field(default_factory=list)  # CUDA events of the tiles queued and not yet waited for
 
 
 def one_tile_result(run: Run, image_hwc: torch.Tensor, p: ChannelPass, tile: int) -> torch.Tensor:
@@ -68,6 +74,19 @@ def upscale_image(run: Run, image_hwc: torch.Tensor, passes: list[ChannelPass], 
             _accumulate(dest, channels, y0, x0, out)
 
         _tiled(run, source, tile, emit, report=True)
+    rerun_unfinite_tiles(run)
+
+
+def rerun_unfinite_tiles(run: Run) -> None:
+    """The device path's NaN guard: one read of the image's finite flags; each tile whose
+    half-precision output was not finite added zeros, and now adds its fp32 output instead."""
+    if not run.unchecked:
+        return
+    flags = torch.stack([flag for flag, *_ in run.unchecked]).tolist()  # the image's one sync for the guard
+    for finite, (_, tile_in, weight, redo) in zip(flags, run.unchecked):
+        if not finite:
+            redo(_weighted(torch.nan_to_num_(rerun_in_fp32(run, tile_in), nan=0.0).clamp_(0, 1), weight))
+    run.unchecked.clear()
 
 
 def _accumulate(dest: torch.Tensor, channels: tuple[int, ...], y0: int, x0: int, tile_out: torch.Tensor) -> None:
@@ -95,11 +114,27 @@ def _tiled(run: Run, source: torch.Tensor, tile: int, emit, report: bool) -> Non
                 run.host.check_cancel()
             # e.g. the tile is the whole image: nothing to multiply (and no output-sized weight map)
             whole = bool((row.weight == 1).all() and (col.weight == 1).all())
-            weight = None if whole else row.weight[:, None] * col.weight[None, :]
-            emit(row.start * s, col.start * s, _run_tile(run, source[:, row.start : row.end, col.start : col.end], weight))
+            weight = None if whole else row.weight.to(source.device)[:, None] * col.weight.to(source.device)[None, :]
+            y0, x0 = row.start * s, col.start * s
+            redo = (lambda fixed, y0=y0, x0=x0: emit(y0, x0, fixed)) if report else None
+            emit(y0, x0, _run_tile(run, source[:, row.start : row.end, col.start : col.end], weight, redo))
             if report:
                 run.done_tiles += 1
+                _wait_for_run_ahead(run)
                 report_progress(run)
+
+
+def _wait_for_run_ahead(run: Run) -> None:
+    """On the CUDA device path nothing else waits for the device: the host would queue every
+    tile in a moment and see a cancel only after all of them ran. It waits for the tile
+    RUN_AHEAD_TILES back, which keeps the device fed and the host at most that far ahead."""
+    if not (run.on_device and run.device.type == "cuda"):
+        return
+    event = torch.cuda.Event()
+    event.record()
+    run.in_flight.append(event)
+    if len(run.in_flight) > RUN_AHEAD_TILES:
+        run.in_flight.pop(0).synchronize()
 
 
 def report_progress(run: Run, within_tile: float = 0.0) -> None:
@@ -132,14 +167,17 @@ def _window_progress(run: Run, x: torch.Tensor):
     return on_window
 
 
-def _run_tile(run: Run, tile_in: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def _run_tile(run: Run, tile_in: torch.Tensor, weight: torch.Tensor | None = None, redo=None) -> torch.Tensor:
     """One tile on the device; returns its output, clamped and times ``weight`` (its blend
-    weights; None = all ones), fp32 on the host. Too big for memory: the same region again as
-    smaller tiles. Half-precision output not finite: fp32 again."""
+    weights; None = all ones), fp32 on the host (on the device on the device path). Too big for
+    memory: the same region again as smaller tiles. Half-precision output not finite: fp32
+    again, at once, or on the device path (where ``redo(output)`` adds a tile's output in
+    place of the first) after the image's last tile."""
     if max(tile_in.shape[-2:]) >= run.tile_cap + run.multiple:  # last tiles may run multiple - 1 over
         return _weighted(_split(run, tile_in, run.tile_cap), weight)
+    later = run.on_device and redo is not None and run.dtype != torch.float32
     try:
-        out = forward_checked(run, tile_in)
+        out = forward(run, tile_in, run.dtype) if later else forward_checked(run, tile_in)
     except Exception as e:  # out of memory is a RuntimeError in torch, an AcceleratorError on some backends
         if not (is_out_of_memory(e) or (run.host.is_oom is not None and run.host.is_oom(e))):
             raise
@@ -147,11 +185,15 @@ def _run_tile(run: Run, tile_in: torch.Tensor, weight: torch.Tensor | None = Non
     if out is None:
         return _weighted(_retry_smaller(run, tile_in), weight)
     run.ran.tiles += 1
-    # on the device: clamp and weight there, then one copy home
+    finite = torch.isfinite(out).all() if later else None  # a flag on the device, read after the image's last tile
+    # on the device: clamp and weight there, then (on the host path) one copy home
     out = torch.nan_to_num_(out, nan=0.0).clamp_(0, 1)
+    if finite is not None:
+        out.mul_(finite)  # a tile to re-run adds zeros for now
+        run.unchecked.append((finite, tile_in, weight, redo))
     if weight is not None:
         out = out * weight.to(out.device, non_blocking=True)
-    return home(out)
+    return out if run.on_device else home(out)
 
 
 def forward_checked(run: Run, tile_in: torch.Tensor) -> torch.Tensor:
@@ -180,7 +222,7 @@ def rerun_in_fp32(run: Run, tile_in: torch.Tensor) -> torch.Tensor:
 
 
 def _weighted(out: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    return out if weight is None else out * weight
+    return out if weight is None else out * weight.to(out.device)
 
 
 def _retry_smaller(run: Run, tile_in: torch.Tensor) -> torch.Tensor:
@@ -201,7 +243,7 @@ def _retry_smaller(run: Run, tile_in: torch.Tensor) -> torch.Tensor:
 def _split(run: Run, tile_in: torch.Tensor, tile: int) -> torch.Tensor:
     """Upscale one region as smaller blended tiles; returns the region's result on the host."""
     _, h, w = tile_in.shape
-    out = torch.zeros((run.model.output_channels, h * run.scale, w * run.scale))
+    out = torch.zeros((run.model.output_channels, h * run.scale, w * run.scale), device=tile_in.device)
 
     def emit(y0: int, x0: int, part: torch.Tensor) -> None:
         out[:, y0 : y0 + part.shape[1], x0 : x0 + part.shape[2]] += part

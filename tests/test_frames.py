@@ -196,3 +196,55 @@ def test_the_memory_estimate_covers_a_batch_and_its_buffers_in_flight(compact, k
     peak = peak_bytes(lambda: upscale(images, model, Choices(batch_size=k, backend="torch", precision="fp32"), host), cpu)
     assert peak <= fixed + k * one_frame, f"measured {peak / k:.0f} B per frame, planned {one_frame:.0f} (+{fixed:.0f} fixed)"
     assert fixed + k * one_frame <= 4 * peak, "an estimate this loose would make batches needlessly small"
+
+
+def test_the_next_batch_goes_up_and_runs_before_the_last_one_is_written(compact, monkeypatch):
+    """The pipeline's order (engine/frames.py): batch i+1 is uploaded while batch i runs, and
+    batch i-1 is written into the result only once batch i is queued, so on CUDA the host's
+    copies overlap the device's work. Recorded on the CPU's plain lanes."""
+    from realesrgan_tiled.engine import frames as frames_module
+    from realesrgan_tiled.engine.lanes import Lanes
+
+    order = []
+
+    class Recorded(Lanes):
+        def upload(self, host):
+            order.append(f"up{len([o for o in order if o.startswith('up')])}")
+            return super().upload(host)
+
+        def download(self, *tensors):
+            n = len([o for o in order if o.startswith("down")])
+            order.append(f"down{n}")
+            landing = super().download(*tensors)
+            return lambda: order.append(f"written{n}") or landing()
+
+    monkeypatch.setattr(frames_module, "lanes_for", Recorded)
+    images = frames(6)
+    model, spy = spy_descriptor(descriptor_of(compact.model))
+    inner = spy.call
+    spy.call = lambda module, x: order.append("run") or inner(module, x)
+    result = run_engine(model, images, batch_size=2)
+    assert order == ["up0", "run", "down0", "up1", "run", "down1", "up2", "written0",
+                     "run", "down2", "written1", "written2"]
+    assert (result.images - per_frame(compact, images)).abs().max() < 1e-5
+
+
+def test_the_memory_estimate_covers_the_pipelines_batches_in_flight(compact):
+    """With several batches, the last batch's output is still on its way home while the next
+    runs, and the next input is already up: the plan for k frames per forward still bounds
+    the measured peak."""
+    from realesrgan_tiled.archs import SRVGGPlan
+    from realesrgan_tiled.engine.memory import peak_bytes
+    from realesrgan_tiled.engine.run import _tile_size
+
+    k = 2
+    model = descriptor_of(compact.model)
+    model.plan = SRVGGPlan.for_device(torch.device("cuda"))
+    images = frames(3 * k, size=(64, 64))
+    cpu = torch.device("cpu")
+    _, _, (fixed, one_frame) = _tile_size(model, None, Host(device="cpu", make_room=lambda d, n: None), cpu,
+                                          torch.float32, (64, 64), 1, 3 * 1)
+    host = Host(device="cpu", output_dtype=torch.uint8)
+    out_bytes = 3 * k * 64 * 64 * 16 * 3  # the result itself, on the host: not the device's working set
+    peak = peak_bytes(lambda: upscale(images, model, Choices(batch_size=k, backend="torch", precision="fp32"), host), cpu)
+    assert peak - out_bytes <= fixed + k * one_frame, f"measured {peak - out_bytes:.0f} B, planned {fixed + k * one_frame:.0f}"

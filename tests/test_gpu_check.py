@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ["environment", "fidelity", "tiled_vs_whole", "auto_tile_and_memory", "throughput", "engine_profile", "layout",
             "against_core", "real_oom", "nan_guard", "cancel_in_a_tile", "syncs_per_tile",
-            "video_batch", "syncs_per_frame", "compiled_network"]
+            "video_batch", "overlap", "syncs_per_frame", "device_accumulation", "compiled_network"]
 
 
 def test_gpu_check_dry_run_passes_every_section(tmp_path):
@@ -26,5 +26,7 @@ def test_gpu_check_dry_run_passes_every_section(tmp_path):
     assert set(report["sections"]["fidelity"]["models"]) >= {"RealESRGAN_x4plus", "realesr-animevideov3-x4"}
     video = report["sections"]["video_batch"]
     assert video["network_tflops"] > 0 and set(video["sweep_uint8_fps"]) == {"1", "2", "4"}
+    assert report["sections"]["overlap"]["same_bytes"]
+    assert report["sections"]["device_accumulation"]["tiles"] > 1  # the CPU took the device path, tiled
     for run in report["sections"]["layout"]["runs"].values():  # every layout computes the same network
         assert all(v["psnr_vs_first"] >= 100 for v in run.values()), run
