@@ -9,6 +9,7 @@ output is consumed, and only the flagged frames are re-run in fp32."""
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -20,17 +21,22 @@ from .tile_loop import Run, forward, report_progress, rerun_in_fp32, upscale_ima
 log = logging.getLogger(__name__)
 
 MAX_FRAMES_PER_FORWARD = 16  # beyond this a GPU is long saturated by 1080p-sized frames
+PIPELINE_BATCHES = 4  # an automatic batch size leaves a call at least this many batches (one frame each at least)
 
 
-def frames_per_forward(chosen: int | None, device: torch.device, fixed: float, per_frame: float, free: int) -> int:
+def frames_per_forward(chosen: int | None, device: torch.device, fixed: float, per_frame: float, free: int,
+                       frames: int | None = None) -> int:
     """The user's ``batch_size``, else on the CPU 1 (our CPU plans walk cache-sized windows:
-    two frames per call measured no faster), else as many as the tile budget holds."""
+    two frames per call measured no faster), else as many as the tile budget holds, with a
+    call's ``frames`` split into at least PIPELINE_BATCHES batches, so that the pipeline has
+    uploads and downloads to overlap with the device's work."""
     if chosen is not None:
         return max(1, int(chosen))
     if device.type == "cpu":
         return 1
     room = settings.tile_budget(device, free) - fixed
-    return int(max(1, min(MAX_FRAMES_PER_FORWARD, room // max(per_frame, 1.0))))
+    k = int(max(1, min(MAX_FRAMES_PER_FORWARD, room // max(per_frame, 1.0))))
+    return k if frames is None else max(1, min(k, math.ceil(frames / PIPELINE_BATCHES)))
 
 
 def upscale_whole_frames(run: Run, images: torch.Tensor, out: torch.Tensor, k: int, passes) -> None:

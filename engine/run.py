@@ -28,7 +28,7 @@ HOME_BYTES_PER_OUTPUT_PIXEL = 4 * 4  # a tile's fp32 output (up to 4 channels) o
 
 
 def upscale(images: torch.Tensor, model, choices: Choices | None = None, host: Host | None = None) -> Upscaled:
-    """Upscale a ``[B, H, W, C]`` float batch (0..1, ComfyUI's IMAGE layout) with ``model`` (a
+    """Upscale a ``[B, H, W, C]`` float batch (0..1, ComfyUI's IMAGE layout; or uint8) with ``model`` (a
     spandrel ``ImageModelDescriptor``, ours or any other); see the module docstring. With
     ``choices.passes`` the model runs again on its own output while the target needs it."""
     choices, host = choices or Choices(), host or Host()
@@ -89,15 +89,16 @@ def _upscale_once(images: torch.Tensor, model, choices: Choices, host: Host) -> 
             report_progress(run)  # hosts show the bar before the first (possibly long) tile
             model_size = (height * scale, width * scale)
             whole_frames = tiles_per_image == 1 and len(passes) == 1 and passes[0].source == passes[0].dest
-            k = frames_per_forward(choices.batch_size, device, per_frame[0], per_frame[1], host.free_memory(device))
+            k = frames_per_forward(choices.batch_size, device, per_frame[0], per_frame[1], host.free_memory(device), batch)
             # tiles accumulate straight into the result unless a resize or a dtype change follows
             direct = target == model_size and host.output_dtype == torch.float32 and out_device.type == "cpu"
             if direct and run.total_tiles == 1 and passes[0].source == passes[0].dest:
-                out = one_tile_result(run, images[0], passes[0], tile)
+                out = one_tile_result(run, settings.as_float(images)[0], passes[0], tile)
             elif whole_frames and target == model_size and out_device.type == "cpu" and (k > 1 or host.output_dtype == torch.uint8):
                 out = torch.empty((batch, *target, channels), dtype=host.output_dtype)
-                upscale_whole_frames(run, images, out, k, passes)
+                upscale_whole_frames(run, images, out, k, passes)  # uint8 frames go to the device as they are
             else:
+                images = settings.as_float(images)
                 out = torch.empty((batch, *target, channels), dtype=host.output_dtype, device=out_device)
                 run.on_device = _result_fits_on_device(device, host, per_frame, tile, (height, width), channels, scale)
                 for b in range(batch):

@@ -186,5 +186,10 @@ def check_images(images) -> None:
         raise InputImageError(f"image is empty ({w}x{h} px)")
     if c not in (1, 3, 4):
         raise InputImageError(f"image has {c} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)")
-    if not images.is_floating_point():
-        raise InputImageError(f"image tensor has dtype {images.dtype}; expected float values in 0..1")
+    if not images.is_floating_point() and images.dtype != torch.uint8:
+        raise InputImageError(f"image tensor has dtype {images.dtype}; expected float values in 0..1 (or uint8)")
+
+
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (a video's frames) as float 0..1: ``x / 255``, as the device makes them."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images

@@ -19,14 +19,15 @@ from . import settings
 from .interface import Choices, Host
 from .run import upscale, weight_bytes
 
-GPU_CHUNK = 8  # frames per call off the CPU: room for the engine's batching, few frames in flight
+GPU_CHUNK = 16  # frames per call off the CPU: room for the engine's pipeline of batches, few frames in flight
 
 
 def upscale_stream(frames: Iterable, model, choices: Choices | None = None, host: Host | None = None,
                    chunk: int | None = None) -> Iterator[torch.Tensor]:
     """Yield each frame upscaled, ``[H', W', C]`` on the host's output device in its output
     dtype (``torch.uint8`` for an encoder). A frame is ``[H, W, C]``: uint8, uint16 (16-bit
-    PNG, 10-bit video as rgb48) or float 0..1, as a numpy array or a tensor."""
+    PNG, 10-bit video as rgb48) or float 0..1, as a numpy array or a tensor; consecutive frames
+    of one size and dtype go to the engine together."""
     choices, host = choices or Choices(), host or Host()
     device = settings.resolve_device(host.device)
     if chunk is None:
@@ -35,8 +36,8 @@ def upscale_stream(frames: Iterable, model, choices: Choices | None = None, host
     try:
         pending: list[torch.Tensor] = []
         for frame in frames:
-            image = as_float_frame(frame)
-            if pending and (image.shape != pending[0].shape or len(pending) >= chunk):
+            image = as_frame(frame)
+            if pending and (image.shape != pending[0].shape or image.dtype != pending[0].dtype or len(pending) >= chunk):
                 yield from _run(pending, model, choices, run_host)
                 pending = []
             pending.append(image)
@@ -68,8 +69,9 @@ def _placed_once(model, host: Host):
     return place
 
 
-def as_float_frame(frame) -> torch.Tensor:
-    """A frame as a float32 [H, W, C] tensor in 0..1."""
+def as_frame(frame) -> torch.Tensor:
+    """A frame as an [H, W, C] tensor: uint8 as it is (the engine makes it float 0..1 where it
+    runs: on a GPU a quarter of the bytes go up), anything else float32 in 0..1."""
     if isinstance(frame, np.ndarray):
         if frame.dtype == np.uint16:
             frame = frame.astype(np.float32) / 65535
@@ -78,7 +80,7 @@ def as_float_frame(frame) -> torch.Tensor:
         shape = tuple(frame.shape) if hasattr(frame, "shape") else type(frame).__name__
         raise InputImageError(f"a frame must be a [height, width, channels] array, got {shape}")
     if frame.dtype == torch.uint8:
-        return frame.float().div_(255)
+        return frame
     if frame.dtype == torch.uint16:
         return frame.to(torch.float32).div_(65535)
     if frame.is_floating_point():

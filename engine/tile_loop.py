@@ -258,7 +258,7 @@ def forward(run: Run, tile_in: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
     batched = tile_in.ndim == 4
     # contiguous, and non_blocking only to CUDA: a non-blocking copy from a pageable strided
     # slice returns wrong values on MPS (PyTorch #139550, #189690)
-    x = tile_in.contiguous().to(run.device, non_blocking=run.device.type == "cuda").float()
+    x = settings.as_float(tile_in.contiguous().to(run.device, non_blocking=run.device.type == "cuda")).float()
     x = x if batched else x.unsqueeze(0)
     x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0, 1)  # bad pixels never reach the net
     with checking_cancel(run.host.check_cancel, _window_progress(run, x)):  # our networks check between their windows too

@@ -128,6 +128,14 @@ def test_frames_per_forward_fits_the_budget():
     assert frames_per_forward(3, torch.device("cpu"), fixed=0, per_frame=1, free=1) == 3
 
 
+def test_an_automatic_batch_leaves_the_pipeline_batches_to_overlap():
+    gpu = torch.device("cuda")
+    assert frames_per_forward(None, gpu, fixed=0, per_frame=1, free=10**9, frames=64) == MAX_FRAMES_PER_FORWARD
+    assert [frames_per_forward(None, gpu, fixed=0, per_frame=1, free=10**9, frames=n) for n in (16, 9, 2, 1)] == [4, 3, 1, 1]
+    assert frames_per_forward(None, gpu, fixed=100, per_frame=125, free=1000, frames=64) == 4  # memory still rules
+    assert frames_per_forward(8, gpu, fixed=0, per_frame=1, free=10**9, frames=8) == 8  # the user's choice stands
+
+
 def test_the_stream_keeps_order_and_sizes_and_equals_the_batch_run(compact):
     images = frames(5)
     other = frames(2, (32, 48))
@@ -248,3 +256,20 @@ def test_the_memory_estimate_covers_the_pipelines_batches_in_flight(compact):
     out_bytes = 3 * k * 64 * 64 * 16 * 3  # the result itself, on the host: not the device's working set
     peak = peak_bytes(lambda: upscale(images, model, Choices(batch_size=k, backend="torch", precision="fp32"), host), cpu)
     assert peak - out_bytes <= fixed + k * one_frame, f"measured {peak - out_bytes:.0f} B, planned {fixed + k * one_frame:.0f}"
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_uint8_frames_go_in_as_they_are_and_equal_their_float_run(compact, batch_size):
+    """A video's uint8 frames reach the engine as uint8 (the device divides by 255): the result
+    is the float frames' result exactly, on the whole-frame path and on the tile loop."""
+    images = frames(3)
+    as_bytes = (images * 255).round().to(torch.uint8)
+    as_float = as_bytes.float() / 255
+    for kwargs in (dict(output_dtype=torch.uint8), dict(tile_size=24, overlap=8)):
+        got = upscaled(compact, as_bytes, batch_size=batch_size, **kwargs)
+        assert torch.equal(got, upscaled(compact, as_float, batch_size=batch_size, **kwargs))
+
+
+def test_other_integer_images_are_refused(compact):
+    with pytest.raises(InputImageError, match="int16"):
+        upscaled(compact, torch.zeros((1, 8, 8, 3), dtype=torch.int16))
