@@ -50,7 +50,7 @@ def upscale_whole_frames(run: Run, images: torch.Tensor, out: torch.Tensor, k: i
         if k == 0:  # one frame does not fit whole: from here on the tile loop, which splits the tile
             home = _written(run, home, out)
             dest = torch.zeros((*out.shape[1:-1], out.shape[-1]), dtype=torch.float32)
-            upscale_image(run, images[start], passes, dest, run.tile_cap)
+            upscale_image(run, settings.as_float(images[start]), passes, dest, run.tile_cap)
             out[start] = settings.to_output(dest, out.dtype)
             start += 1
             continue

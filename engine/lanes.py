@@ -49,6 +49,8 @@ class CudaLanes(Lanes):
         self.turns = {"up": 0, "down": 0}
 
     def upload(self, host: torch.Tensor) -> torch.Tensor:
+        if host.device.type != "cpu":  # already off the host: nothing to stage
+            return super().upload(host)
         staged = self._buffers("up", host)
         if staged is None:  # no page-locked memory to be had
             return super().upload(host)

@@ -114,7 +114,8 @@ def _tiled(run: Run, source: torch.Tensor, tile: int, emit, report: bool) -> Non
                 run.host.check_cancel()
             # e.g. the tile is the whole image: nothing to multiply (and no output-sized weight map)
             whole = bool((row.weight == 1).all() and (col.weight == 1).all())
-            weight = None if whole else row.weight.to(source.device)[:, None] * col.weight.to(source.device)[None, :]
+            # made where the tile runs on the device path: two small non-blocking uploads, no sync
+            weight = None if whole else _on(source, row.weight)[:, None] * _on(source, col.weight)[None, :]
             y0, x0 = row.start * s, col.start * s
             redo = (lambda fixed, y0=y0, x0=x0: emit(y0, x0, fixed)) if report else None
             emit(y0, x0, _run_tile(run, source[:, row.start : row.end, col.start : col.end], weight, redo))
@@ -122,6 +123,10 @@ def _tiled(run: Run, source: torch.Tensor, tile: int, emit, report: bool) -> Non
                 run.done_tiles += 1
                 _wait_for_run_ahead(run)
                 report_progress(run)
+
+
+def _on(like: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return t.to(like.device, non_blocking=True)
 
 
 def _wait_for_run_ahead(run: Run) -> None:
@@ -241,7 +246,8 @@ def _retry_smaller(run: Run, tile_in: torch.Tensor) -> torch.Tensor:
 
 
 def _split(run: Run, tile_in: torch.Tensor, tile: int) -> torch.Tensor:
-    """Upscale one region as smaller blended tiles; returns the region's result on the host."""
+    """Upscale one region as smaller blended tiles; returns the region's result where the
+    region is (the host, or the device on the device path)."""
     _, h, w = tile_in.shape
     out = torch.zeros((run.model.output_channels, h * run.scale, w * run.scale), device=tile_in.device)
 
