@@ -74,7 +74,7 @@ def _upscale_once(images: torch.Tensor, model, choices: Choices, host: Host) -> 
     # precision "auto" on the CPU: bf16 is a candidate of the backend measurement (runtimes/backend.py)
     backend, dtype = backends.choose(choices.backend, model, device, dtype, height * width,
                                      lambda name: _backend_fits(model, device, host, name),
-                                     bf16_allowed=choices.precision in (None, "auto"))
+                                     bf16_allowed=choices.precision in (None, "auto"), check_cancel=host.check_cancel)
     ran = RunReport(precision=settings.dtype_name(dtype), device=str(device), backend=backend)
     try:
         _place(model, device, host)

@@ -63,12 +63,14 @@ def resolve(choice: str | None, model, device: torch.device, dtype: torch.dtype,
 
 
 def choose(choice: str | None, model, device: torch.device, dtype: torch.dtype, pixels: int | None = None,
-           fits: Callable[[str], bool] | None = None, bf16_allowed: bool = False) -> tuple[str, torch.dtype]:
+           fits: Callable[[str], bool] | None = None, bf16_allowed: bool = False,
+           check_cancel: Callable[[], None] | None = None) -> tuple[str, torch.dtype]:
     """(what runs, in which dtype). ncnn runs our networks on the CPU in fp32, OpenVINO on the
     CPU in fp32 or bf16; asked for elsewhere, it is torch (with a warning). ``auto`` measures
     (module docstring) among the candidates that ``fits(name)`` allows (a backend whose fixed
     working set would not fit the memory is left out); ``bf16_allowed``: the precision was
-    ``auto``, so bf16 runs are candidates where this CPU runs bf16 natively."""
+    ``auto``, so bf16 runs are candidates where this CPU runs bf16 natively. ``check_cancel``
+    runs between the measurement's probes (a first run's can take a minute)."""
     wanted = requested(choice)
     if wanted == "torch":
         return "torch", dtype
@@ -84,7 +86,7 @@ def choose(choice: str | None, model, device: torch.device, dtype: torch.dtype, 
     bf16_allowed = bf16_allowed and os.environ.get(AUTO_BF16_VARIABLE, "1") != "0"
     if bf16_allowed and dtype == torch.float32 and model.supports_bfloat16 and cpu_runs_bf16():
         dtypes.append(torch.bfloat16)
-    winner = _fastest(model, dtypes, pixels, fits)
+    winner = _fastest(model, dtypes, pixels, fits, check_cancel)
     name, precision = winner.split("/")
     return name, {v: k for k, v in DTYPE_NAMES.items()}[precision]
 
@@ -152,7 +154,8 @@ def current(model, x_or_device) -> str:
     return resolve(None, model, torch.device(device), dtype, pixels)
 
 
-def _fastest(model, dtypes: list[torch.dtype], pixels: int | None, fits: Callable[[str], bool] | None) -> str:
+def _fastest(model, dtypes: list[torch.dtype], pixels: int | None, fits: Callable[[str], bool] | None,
+             check_cancel: Callable[[], None] | None = None) -> str:
     """"name/precision" of the fastest candidate, measured once per key (process and disk)."""
     arch, net = model.our_architecture, model.network
     side = probes.shape_class(net, arch.name, pixels)
@@ -167,7 +170,7 @@ def _fastest(model, dtypes: list[torch.dtype], pixels: int | None, fits: Callabl
             if _valid(cached, allowed, dtypes):
                 _measured[key] = cached
             else:
-                _measured[key] = _measure_network(model, side, dtypes, allowed)
+                _measured[key] = _measure_network(model, side, dtypes, allowed, check_cancel)
                 log.info("backend for %s at %d px on this CPU: %s (measured)", arch.name, side, _measured[key])
                 _write_cache(stored, _measured[key])
         return _measured[key]
@@ -180,13 +183,16 @@ def _valid(cached, allowed: set[str], dtypes: list[torch.dtype]) -> bool:
     return name in allowed and precision in {DTYPE_NAMES[d] for d in dtypes}
 
 
-def _measure_network(model, side: int, dtypes: list[torch.dtype], allowed: set[str]) -> str:
+def _measure_network(model, side: int, dtypes: list[torch.dtype], allowed: set[str],
+                     check_cancel: Callable[[], None] | None = None) -> str:
     net, name = model.network, model.our_architecture.name
     found = probes.candidates(name, net, side, dtypes, lambda run, dtype: run in allowed)
-    ranked = _ranked(found)
+    ranked = _ranked(found, check_cancel)
     for run, dtype in ranked:
         if dtype == torch.float32:
             return f"{run}/fp32"
+        if check_cancel is not None:
+            check_cancel()
         fidelity = probes.bf16_fidelity(net, plan_for(model.our_architecture, torch.device("cpu"), run))
         if fidelity >= probes.FIDELITY_DB:
             return f"{run}/bf16"
@@ -195,13 +201,13 @@ def _measure_network(model, side: int, dtypes: list[torch.dtype], allowed: set[s
     return "torch/fp32"
 
 
-def _ranked(found: dict) -> list[tuple[str, torch.dtype]]:
+def _ranked(found: dict, check_cancel: Callable[[], None] | None = None) -> list[tuple[str, torch.dtype]]:
     """The candidates, fastest first (``_seconds``)."""
-    seconds = _seconds(found)
+    seconds = _seconds(found, check_cancel)
     return sorted(seconds, key=seconds.get)
 
 
-def _seconds(found: dict) -> dict:
+def _seconds(found: dict, check_cancel: Callable[[], None] | None = None) -> dict:
     """Each candidate's estimated forward: its probes' times their weights, each probe timed
     once (``probes.py``). A candidate already slower than the best one so far is not timed
     further (it is given its partial sum: the ranking holds)."""
@@ -213,6 +219,8 @@ def _seconds(found: dict) -> dict:
                 if total > best:
                     break
                 if id(probe) not in done:  # one run under two names (torch's plan runs this size whole) is timed once
+                    if check_cancel is not None:
+                        check_cancel()  # a cancelled measurement is not kept: the next run measures again
                     start = time.perf_counter()
                     probe.run()
                     done[id(probe)] = time.perf_counter() - start

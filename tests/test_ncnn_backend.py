@@ -150,6 +150,30 @@ def test_auto_measures_once_per_machine_not_per_process(tmp_path):
     assert list(stored.values()) == [first.stdout.split()[-1] + "/fp32"] and "SRVGGNetCompact" in next(iter(stored))
 
 
+def test_a_cancel_stops_autos_first_measurement_and_nothing_is_kept(tmp_path, monkeypatch):
+    """A model's first auto run on a machine times its candidates (up to a minute): a cancel
+    (ComfyUI's interrupt) is seen between the probes, and the cut-short measurement is not
+    cached, so the next run measures in full."""
+    monkeypatch.setenv(backends.CACHE_DIR_VARIABLE, str(tmp_path))
+    monkeypatch.setattr(backends, "_measured", {})
+    model = build_from_state_dict(srvgg_state(num_feat=8, num_conv=2))
+    checks = []
+
+    class Stop(Exception):
+        pass
+
+    def cancel_on_second_check():
+        checks.append(1)
+        if len(checks) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_engine(model, image(40, 40).movedim(1, -1), backend="auto", precision="fp32", check_cancel=cancel_on_second_check)
+    assert len(checks) == 2 and backends._measured == {} and backends._read_cache() == {}
+    run_engine(model, image(40, 40).movedim(1, -1), backend="auto", precision="fp32")
+    assert list(backends._read_cache().values())[0].split("/")[0] in backends.RUNS
+
+
 def test_a_damaged_cache_file_means_measuring_again(tmp_path, monkeypatch):
     monkeypatch.setenv(backends.CACHE_DIR_VARIABLE, str(tmp_path))
     (tmp_path / "cpu_backends.json").write_text("{not json")

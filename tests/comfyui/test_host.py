@@ -273,7 +273,9 @@ def test_upscalers_load_through_the_model_manager_and_a_loaded_vae_stays(server,
     assert all(after.count(name) >= before.count(name) for name in set(before)), (before, after)  # nothing evicted
     assert "upscaler: RealESRGAN_x4plus" in after, after  # loaded through the manager, and kept there
     asked = health["last_run"]["room_asked_bytes"]
-    assert 0 < asked < CORE_ROOM_X4 / 10, asked  # the engine's working set for 32x24, not core's 4.8 GB
+    # the engine's working set for 32x24, not core's 4.8 GB; where auto picks ncnn (its timing, per
+    # CPU) the fixed part is ncnn's own weight copies, 0.54 GB for x4plus, the largest of the backends'
+    assert 0 < asked < CORE_ROOM_X4 / 5, (asked, health["last_run"].get("backend"))
     (got,) = server.output_images(entry, "9")
     expect_close(got, harness.cpu_upscale(bundled("RealESRGAN_x4plus"), input_image)[0])
 
