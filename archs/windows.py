@@ -131,6 +131,14 @@ def checking_cancel(check_cancel: Callable[[], None] | None, on_window: Callable
         _on_window.reset(tokens[1])
 
 
+def check_for_cancel() -> None:
+    """For a plan's whole-map steps (no windows to check between): the check of the
+    ``checking_cancel`` block around this call, if any. The engine sets it around every tile."""
+    check = _check_cancel.get()
+    if check is not None:
+        check()
+
+
 def _in_callers_modes(work: Callable[[Window], None], check: Callable[[], None] | None) -> Callable[[Window], None]:
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
     autocast, dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")

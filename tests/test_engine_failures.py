@@ -8,7 +8,7 @@ import torch
 from realesrgan_tiled.archs import RRDBNet, RRDBNetPlan, SRVGGNetCompact, SRVGGPlan
 from realesrgan_tiled.errors import RealESRGANTiledError
 
-from .conftest import run_engine, upscaled
+from .conftest import photo, run_engine, upscaled
 from .engine_fixtures import descriptor_of, direct, spy_descriptor
 from .model_fixtures import OverflowsInHalf, as_descriptor
 
@@ -218,3 +218,22 @@ def test_the_hosts_oom_test_is_honoured(compact):
     model, _ = spy_descriptor(descriptor_of(compact.model), lambda x: DeviceLost("allocation failed"))
     with pytest.raises(DeviceLost):  # without the host's test it is an ordinary error
         upscaled(model, torch.rand(1, 24, 24, 3), tile_size=24)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cancel_reaches_between_the_blocks_of_a_whole_map_trunk(channels_last):
+    """Where an RRDBNet's trunk runs whole (auto's ``torch-whole`` on CPU, every GPU plan),
+    there are no windows to check between: the cancel is seen between its RRDB blocks. In a
+    real ComfyUI an interrupt during x4plus's 256 px one-tile run took 8 s before this."""
+    from realesrgan_tiled.archs.rrdbnet.inference import RRDBNetPlan
+
+    torch.manual_seed(0)
+    model = descriptor_of(RRDBNet(num_feat=8, num_block=6, num_grow_ch=4).eval())
+    model.plan = RRDBNetPlan(trunk_window=None, channels_last=channels_last)
+    blocks = []
+    for rrdb in model.model.body:  # each block's first conv: both plans call it once per block
+        rrdb.rdb1.conv1.register_forward_pre_hook(lambda module, args: blocks.append(1))
+    check_cancel = _CancelOnCall(4)  # the engine's check before the tile, then one per block
+    with pytest.raises(_Stop):
+        upscaled(model, photo("astronaut", (32, 32)), check_cancel=check_cancel, backend="torch")
+    assert check_cancel.calls == 4 and len(blocks) == 2, "blocks kept running after the cancel"

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..windows import even_spans, for_each_window, windows, worker_count
+from ..windows import check_for_cancel, even_spans, for_each_window, windows, worker_count
 from .network import ResidualDenseBlock, RRDBNet
 
 RDB_HALO = 5  # one px per 3x3 conv of a dense block
@@ -95,7 +95,10 @@ class RRDBNetPlan:
         if self.trunk_in_windows(net, feat.shape[-2] * feat.shape[-1]):
             return self._trunk_in_windows(body, feat)
         if self.channels_last:
-            return body(feat)
+            for rrdb in body:  # x4plus: 23 steps a cancel is seen between (the whole map has no windows)
+                check_for_cancel()
+                feat = rrdb(feat)
+            return feat
         return _trunk_without_concat(body, feat)
 
     def _trunk_in_windows(self, body: nn.Sequential, feat: torch.Tensor) -> torch.Tensor:
@@ -172,6 +175,7 @@ def _trunk_without_concat(body: nn.Sequential, feat: torch.Tensor) -> torch.Tens
     x = buf[:, :nf]
     x.copy_(feat)
     for rrdb in body:
+        check_for_cancel()
         block_input = x.clone()
         for rdb in (rrdb.rdb1, rrdb.rdb2, rrdb.rdb3):
             _dense_block_in_place(rdb, buf)

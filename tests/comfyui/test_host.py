@@ -352,7 +352,7 @@ def test_interrupt_stops_a_one_tile_cpu_upscale_between_windows(server):
     entry = server.wait(prompt_id, timeout=60)
     stopped_after = time.monotonic() - t0
     assert any(m[0] == "execution_interrupted" for m in entry["status"]["messages"]), entry["status"]
-    assert stopped_after < 3.0, f"took {stopped_after:.1f}s to stop"
+    assert stopped_after < 3.0, f"took {stopped_after:.1f}s to stop\n{server.log()[-3000:]}"
     assert not entry["outputs"]
 
 
