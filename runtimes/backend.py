@@ -208,9 +208,10 @@ def _ranked(found: dict, check_cancel: Callable[[], None] | None = None) -> list
 
 
 def _seconds(found: dict, check_cancel: Callable[[], None] | None = None) -> dict:
-    """Each candidate's estimated forward: its probes' times their weights, each probe timed
-    once (``probes.py``). A candidate already slower than the best one so far is not timed
-    further (it is given its partial sum: the ranking holds)."""
+    """Each candidate's estimated forward: per probe, its weight times (its compile, plus its
+    compute grown to the shape class), each probe timed once, a compiling one twice
+    (``probes.py``). A candidate already slower than the best one so far is not timed further
+    (it is given its partial sum: the ranking holds)."""
     seconds, done, best = {}, {}, float("inf")
     with torch.inference_mode():
         for key, parts in found.items():
@@ -221,14 +222,27 @@ def _seconds(found: dict, check_cancel: Callable[[], None] | None = None) -> dic
                 if id(probe) not in done:  # one run under two names (torch's plan runs this size whole) is timed once
                     if check_cancel is not None:
                         check_cancel()  # a cancelled measurement is not kept: the next run measures again
-                    start = time.perf_counter()
-                    probe.run()
-                    done[id(probe)] = time.perf_counter() - start
-                total += probe.weight * done[id(probe)]
+                    done[id(probe)] = _compile_and_compute(probe)
+                compile_s, compute_s = done[id(probe)]
+                total += probe.weight * (compile_s + compute_s * probe.scale)
             seconds[key] = total
             best = min(best, total)
     log.debug("auto's probes: %s", {f"{k[0]}/{DTYPE_NAMES[k[1]]}": round(v, 3) for k, v in seconds.items()})
     return seconds
+
+
+def _compile_and_compute(probe) -> tuple[float, float]:
+    """(compile, compute) seconds of a probe's first call: a compiling probe's second call is its
+    compute alone; any other's first call is all compute."""
+    start = time.perf_counter()
+    probe.run()
+    first = time.perf_counter() - start
+    if not probe.compiles:
+        return 0.0, first
+    start = time.perf_counter()
+    probe.run()
+    again = time.perf_counter() - start
+    return max(0.0, first - again), min(first, again)
 
 
 def _measure(probes_by_name: dict[str, Callable[[], None]]) -> str:

@@ -11,9 +11,13 @@ RRDB (x4plus: 23 of them are 92 % of the work) over the trunk map of a probe-siz
 SRVGGNetCompact's is the whole network on such an input.
 
 Each piece is a ``Probe``, timed once, first call included: that is what a single image pays
-(for OpenVINO: compiling each stage for the shape; torch's and ncnn's one-time setup is
-milliseconds against a probe's 0.1-1 s). A warm-up call per candidate doubled the probes' cost,
-which a first image pays on top of its own run.
+(torch's and ncnn's one-time setup is milliseconds against a probe's 0.1-1 s). A piece whose
+first call compiles (OpenVINO's stages) runs a second time, and the difference is its compile:
+a forward's estimate is then the compile once plus the compute grown from the piece's map to the
+shape class's. Timed as one, compile and compute were both grown: on an AMX Xeon that put
+OpenVINO bf16 level with torch bf16 for x4plus (3.0 and 3.3 s) where the whole runs took 2.7
+and 4.2 s. A warm-up call for every candidate doubled the probes' cost, which a first image
+pays on top of its own run; the second call of a compiled piece costs its compute alone.
 """
 from __future__ import annotations
 
@@ -42,6 +46,8 @@ TAIL_PROBE_SHRINK = 2  # the tail is timed on a map this many times smaller a si
 class Probe:
     run: Callable[[], None]
     weight: float = 1.0  # how many times a whole forward runs this piece
+    scale: float = 1.0  # the shape class's pixels over the piece's: its compute grows by this, a compile does not
+    compiles: bool = False  # its first call compiles (OpenVINO): timed twice, the compile kept apart from the compute
 
 
 def shape_class(net: torch.nn.Module, arch_name: str, pixels: int | None) -> int:
@@ -83,6 +89,7 @@ def _rrdbnet_probes(net, side: int, dtype: torch.dtype) -> dict:
     """One RRDB (weighted by the number of RRDBs) and the upsampling tail, on a trunk map of a
     ``side`` px input."""
     trunk = max(1, min(side, PROBE_MAX_SIDE["RRDBNet"]) // net.unshuffle)
+    grow = (side / net.unshuffle / trunk) ** 2  # the shape class's trunk map over the probe's
     feat = torch.rand(1, net.num_feat, trunk, trunk)
     small = feat[..., : max(1, trunk // TAIL_PROBE_SHRINK), : max(1, trunk // TAIL_PROBE_SHRINK)].contiguous()
     tail_weight = (trunk / small.shape[-1]) ** 2
@@ -91,24 +98,26 @@ def _rrdbnet_probes(net, side: int, dtype: torch.dtype) -> dict:
     windowed, whole = RRDBNetPlan(), RRDBNetPlan(trunk_window=None, tail_window=None)
     if windowed.trunk_in_windows(one, (side // net.unshuffle) ** 2):  # the real input's trunk walks windows
         windowed = RRDBNetPlan(whole_map_max_pixels=0)
-    probes = {"torch-whole": [Probe(_autocast(dtype, lambda: whole._trunk(one, feat)), weight=blocks),
-                              Probe(_autocast(dtype, lambda: whole._tail(net, small)), tail_weight)]}
-    probes["torch"] = [Probe(_autocast(dtype, lambda: windowed._trunk(one, feat)), weight=blocks),
-                       Probe(_autocast(dtype, lambda: windowed._tail(net, small)), tail_weight)]
+    probes = {"torch-whole": [Probe(_autocast(dtype, lambda: whole._trunk(one, feat)), blocks, grow),
+                              Probe(_autocast(dtype, lambda: whole._tail(net, small)), tail_weight, grow)]}
+    probes["torch"] = [Probe(_autocast(dtype, lambda: windowed._trunk(one, feat)), blocks, grow),
+                       Probe(_autocast(dtype, lambda: windowed._tail(net, small)), tail_weight, grow)]
     if not windowed.trunk_in_windows(one, trunk * trunk):  # the same trunk run: timed once
         probes["torch"][0] = probes["torch-whole"][0]
     if dtype == torch.float32 and ncnn.available():
         stages, tail = _ncnn_stages(net)
         on_ncnn = ncnn.rrdbnet.RRDBNetNcnnPlan()
-        probes["ncnn"] = [Probe(lambda: on_ncnn._trunk([stages], feat), weight=blocks),
-                          Probe(lambda: _ncnn_tail(on_ncnn, tail, net, small), tail_weight)]
+        probes["ncnn"] = [Probe(lambda: on_ncnn._trunk([stages], feat), blocks, grow),
+                          Probe(lambda: _ncnn_tail(on_ncnn, tail, net, small), tail_weight, grow)]
     if openvino.available():  # new stages: their first call compiles, as each stage of a new shape does
+        openvino.runtime.warm_up()
         # one RRDB, compiled and run: compiling scales with the weights, so blocks x this is
         # about the trunk's stages compiled and run once
         rrdb = openvino.rrdbnet.rrdb_stage(list(net.body[:1]), net.num_feat)
         ov_tail, on_openvino = openvino.rrdbnet.tail_stage(net), openvino.rrdbnet.RRDBNetOpenVINOPlan()
-        probes["openvino"] = [Probe(_autocast(dtype, lambda: rrdb.run(feat[0].numpy())), weight=blocks),
-                              Probe(_autocast(dtype, lambda: on_openvino.run_tail(ov_tail, net, small)), tail_weight)]
+        probes["openvino"] = [Probe(_autocast(dtype, lambda: rrdb.run(feat[0].numpy())), blocks, grow, compiles=True),
+                              Probe(_autocast(dtype, lambda: on_openvino.run_tail(ov_tail, net, small)), tail_weight, grow,
+                                    compiles=True)]
     if not blocks:
         for parts in probes.values():
             del parts[0]
@@ -138,18 +147,20 @@ def _ncnn_stages(net):
 def _srvgg_probes(net, side: int, dtype: torch.dtype) -> dict:
     """The whole network on a ``side`` px input."""
     small = min(side, PROBE_MAX_SIDE["SRVGGNetCompact"])
+    grow = (side / small) ** 2
     x = torch.rand(1, net.num_in_ch, small, small)
     windowed, whole = SRVGGPlan(whole_map_max_pixels=0), SRVGGPlan(window=None)
-    probes = {"torch-whole": [Probe(_autocast(dtype, lambda: whole.run(net, x)))]}
-    probes["torch"] = [Probe(_autocast(dtype, lambda: windowed.run(net, x)))] if SRVGGPlan().in_windows(side * side) \
-        else probes["torch-whole"]
+    probes = {"torch-whole": [Probe(_autocast(dtype, lambda: whole.run(net, x)), scale=grow)]}
+    probes["torch"] = [Probe(_autocast(dtype, lambda: windowed.run(net, x)), scale=grow)] \
+        if SRVGGPlan().in_windows(side * side) else probes["torch-whole"]
     if dtype == torch.float32 and ncnn.available():
         plan = ncnn.srvgg.SRVGGNcnnPlan()
         plan.run(net, x[..., :8, :8])  # builds its stage once per network, as the engine's run would
-        probes["ncnn"] = [Probe(lambda: plan.run(net, x))]
+        probes["ncnn"] = [Probe(lambda: plan.run(net, x), scale=grow)]
     if openvino.available():
+        openvino.runtime.warm_up()
         stage = openvino.srvgg.body_stage(net)  # new: its first call compiles
-        probes["openvino"] = [Probe(_autocast(dtype, lambda: stage.run(x[0].numpy())))]
+        probes["openvino"] = [Probe(_autocast(dtype, lambda: stage.run(x[0].numpy())), scale=grow, compiles=True)]
     return probes
 
 

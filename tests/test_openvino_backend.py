@@ -148,6 +148,27 @@ def test_auto_scores_a_candidate_by_its_weighted_probes():
     assert backends._ranked(found)[0][0] == "openvino"  # 0.02 s against 20 x 0.002 + 0.001
 
 
+def test_a_compiling_probe_counts_its_compile_once_and_grows_only_its_compute():
+    """A stage's first call compiles (OpenVINO): its second call is its compute. The estimate is
+    weight x (compile + compute x scale): the compile is not grown with the map, nor is a piece's
+    compute left at the probe's small size."""
+    import time
+
+    calls = []
+
+    def compiling():  # 0.06 s the first time, 0.01 s after
+        calls.append(1)
+        time.sleep(0.06 if len(calls) == 1 else 0.01)
+
+    ov = probes.Probe(compiling, weight=2, scale=4, compiles=True)
+    plain = probes.Probe(lambda: time.sleep(0.02), weight=2, scale=4)
+    seconds = backends._seconds({("openvino", torch.float32): [ov], ("torch", torch.float32): [plain]})
+    assert len(calls) == 2
+    assert seconds[("openvino", torch.float32)] == pytest.approx(2 * (0.05 + 0.01 * 4), abs=0.03)  # 0.18 s
+    assert seconds[("torch", torch.float32)] == pytest.approx(2 * 0.02 * 4, abs=0.03)  # 0.16 s
+    # timed as one first call and grown whole, the compiling piece would have scored 2 x 0.06 x 4 = 0.48 s
+
+
 def test_auto_runs_what_it_measured_and_reports_it(compact, tmp_path, monkeypatch):
     monkeypatch.setenv(backends.CACHE_DIR_VARIABLE, str(tmp_path))
     monkeypatch.delenv(backends.AUTO_BF16_VARIABLE)

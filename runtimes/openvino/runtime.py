@@ -102,3 +102,20 @@ class Stage:
             # one per stage and window shape that is all their working sets at once, unless handed back
             compiled.release_memory()
         return out
+
+
+_warm = False
+
+
+def warm_up() -> None:
+    """Compile and run a one-conv stage once per process: the process's first compile also
+    loads OpenVINO's CPU plugin, which auto's probes must not weigh as a stage's compile."""
+    global _warm
+    if _warm:
+        return
+    from . import graph
+
+    x = graph.data(3)
+    stage = Stage(graph.model(graph.conv(x, torch.zeros(3, 3, 3, 3), torch.zeros(3)), x))
+    stage.run(np.zeros((3, 8, 8), np.float32))
+    _warm = True
