@@ -14,10 +14,10 @@ Each piece is a ``Probe``, timed once, first call included: that is what a singl
 (torch's and ncnn's one-time setup is milliseconds against a probe's 0.1-1 s). A piece whose
 first call compiles (OpenVINO's stages) runs a second time, and the difference is its compile:
 a forward's estimate is then the compile once plus the compute grown from the piece's map to the
-shape class's. Timed as one, compile and compute were both grown: on an AMX Xeon that put
-OpenVINO bf16 level with torch bf16 for x4plus (3.0 and 3.3 s) where the whole runs took 2.7
-and 4.2 s. A warm-up call for every candidate doubled the probes' cost, which a first image
-pays on top of its own run; the second call of a compiled piece costs its compute alone.
+shape class's (timed as one, the compile was grown with the map and misranked OpenVINO:
+README, "The same on an Intel Xeon with AMX"). A warm-up call for every candidate doubled the
+probes' cost, which a first image pays on top of its own run; the second call of a compiled
+piece costs its compute alone.
 """
 from __future__ import annotations
 
