@@ -22,7 +22,6 @@ import math
 import sys
 import time
 import traceback
-import warnings
 from pathlib import Path
 
 import gpu_pipeline  # bench/, beside this script
@@ -340,14 +339,8 @@ class Checker:
             return {"passed": True, "skipped": "needs CUDA"}
         model = self.models["realesr-animevideov3-x4"]
         image = photo(512)
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                ran = self.upscale(model, image, tile_size=128).ran
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-        syncs = sum("synchroniz" in str(w.message) for w in caught)
+        syncs, result = gpu_pipeline.count_syncs(lambda: self.upscale(model, image, tile_size=128))
+        ran = result.ran
         return {"passed": True, "syncs": syncs, "tiles": ran.tiles, "per_tile": round(syncs / max(1, ran.tiles), 2)}
 
 

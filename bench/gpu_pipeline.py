@@ -93,16 +93,10 @@ def syncs_per_frame(checker) -> dict:
 
     model = checker.models["realesr-animevideov3-x4"]
     images = _frames(checker, 540, 960, 16)
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            t = time.perf_counter()
-            ran = upscale(images, model, Choices(batch_size=8), Host(device=checker.device, output_dtype=torch.uint8)).ran
-            seconds = time.perf_counter() - t
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    syncs = sum("synchroniz" in str(w.message) for w in caught)
+    t = time.perf_counter()
+    syncs, result = count_syncs(
+        lambda: upscale(images, model, Choices(batch_size=8), Host(device=checker.device, output_dtype=torch.uint8)))
+    seconds, ran = time.perf_counter() - t, result.ran
     return {"passed": True, "syncs": syncs, "frames": 16, "per_frame": round(syncs / 16, 2), "tiles": ran.tiles,
             "seconds": round(seconds, 3)}
 
@@ -179,7 +173,8 @@ def device_accumulation(checker) -> dict:
         try:
             seconds, result = checker.timed(checker.upscale, model, image, tile_size=tile)
             rows[f"{label}_s"] = round(seconds, 4)
-            rows[f"{label}_syncs"] = _syncs(checker, lambda: checker.upscale(model, image, tile_size=tile))
+            if checker.device.type == "cuda":
+                rows[f"{label}_syncs"] = count_syncs(lambda: checker.upscale(model, image, tile_size=tile))[0]
         finally:
             engine_run.ACCUMULATE_ON = ("cuda",)
         outs[label] = result.images
@@ -190,14 +185,13 @@ def device_accumulation(checker) -> dict:
     return {"passed": rows["psnr_device_vs_host_db"] >= 60, **rows}
 
 
-def _syncs(checker, fn) -> int | None:
-    if checker.device.type != "cuda":
-        return None
+def count_syncs(fn) -> tuple[int, object]:
+    """(host syncs CUDA's sync-debug mode warned about while ``fn`` ran, what ``fn`` returned)."""
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            fn()
+            result = fn()
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    return sum("synchroniz" in str(w.message) for w in caught)
+    return sum("synchroniz" in str(w.message) for w in caught), result

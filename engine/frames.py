@@ -14,8 +14,8 @@ import math
 import torch
 
 from . import settings
-from .device import is_out_of_memory, release_cached
-from .lanes import Lanes, lanes_for
+from .device import home_hwc, is_out_of_memory, release_cached
+from .lanes import lanes_for
 from .tile_loop import Run, forward, report_progress, rerun_in_fp32, upscale_image
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ def upscale_whole_frames(run: Run, images: torch.Tensor, out: torch.Tensor, k: i
     while start < images.shape[0]:
         n = min(max(k, 1), images.shape[0] - start)
         if k == 0:  # one frame does not fit whole: from here on the tile loop, which splits the tile
-            home = _written(run, home, out)
+            _written(run, home, out)
+            home = None
             dest = torch.zeros((*out.shape[1:-1], out.shape[-1]), dtype=torch.float32)
             upscale_image(run, settings.as_float(images[start]), passes, dest, run.tile_cap)
             out[start] = settings.to_output(dest, out.dtype)
@@ -72,28 +73,27 @@ def upscale_whole_frames(run: Run, images: torch.Tensor, out: torch.Tensor, k: i
         if after < images.shape[0]:  # the next batch goes up while this one runs
             following = min(k, images.shape[0] - after)
             queued = ((after, following), lanes.upload(images[after : after + following]))
-        home = _written(run, home, out)
+        _written(run, home, out)
         home = (start, n, landing, images)
         start = after
     _written(run, home, out)
 
 
 def _written(run: Run, home, out: torch.Tensor) -> None:
-    """Wait for a batch's result to land and write it into ``out``; its frames whose half-precision
-    output was not finite are re-run alone in fp32 first. Returns None: nothing on its way any more."""
+    """Wait for a batch's result (``home``; None: none on its way) to land and write it into
+    ``out``; its frames whose half-precision output was not finite are re-run alone in fp32."""
     if home is None:
-        return None
+        return
     start, n, landing, images = home
     frames_home, finite = landing()
     out[start : start + n] = frames_home
     for i in (~finite).nonzero().flatten().tolist():
         redone = rerun_in_fp32(run, images[start + i].permute(2, 0, 1))
         redone = torch.nan_to_num_(redone, nan=0.0).clamp_(0, 1)
-        out[start + i] = Lanes(run.device).download(_nhwc(settings.to_output(redone[None], out.dtype))[0])()[0]
+        out[start + i] = home_hwc(settings.to_output(redone, out.dtype).permute(1, 2, 0))
     run.ran.tiles += n
     run.done_tiles += n
     report_progress(run)
-    return None
 
 
 def _nhwc(frames: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from realesrgan_tiled.engine import run as engine_run
 from realesrgan_tiled.engine.memory import model_overlap
 
 from .conftest import photo, run_engine, upscaled
-from .engine_fixtures import descriptor_of, spy_descriptor
+from .engine_fixtures import NAN_MARK, descriptor_of, nan_where_marked, spy_descriptor
 
 
 @pytest.fixture
@@ -64,18 +64,8 @@ def test_the_device_path_is_seam_free(compact, device_path):
 
 def test_the_nan_flag_reruns_only_its_tile_after_the_images_last_tile(compact, device_path):
     image = images(1, (48, 48))
-    image[0, :16, :16] = 0.25  # marks the first tile's input
-    model, spy = spy_descriptor(descriptor_of(compact.model))
-    inner = spy.call
-
-    def poisoned(module, x):
-        y = inner(module, x)
-        if torch.is_autocast_enabled(x.device.type) and bool((x[..., :4, :4] == 0.25).all()):
-            y = y.clone()
-            y[..., 5, 7] = float("nan")
-        return y
-
-    spy.call = poisoned
+    image[0, :16, :16] = NAN_MARK  # marks the first tile's input
+    model, spy = nan_where_marked(compact)
     result = run_engine(model, image, tile_size=32, overlap=16, precision="bf16")
     assert device_path == [True]
     assert result.ran.fp32_reruns == 1

@@ -9,7 +9,7 @@ from realesrgan_tiled.archs import RRDBNet, RRDBNetPlan, SRVGGNetCompact, SRVGGP
 from realesrgan_tiled.errors import RealESRGANTiledError
 
 from .conftest import photo, run_engine, upscaled
-from .engine_fixtures import descriptor_of, direct, spy_descriptor
+from .engine_fixtures import NAN_MARK, descriptor_of, direct, nan_where_marked, spy_descriptor
 from .model_fixtures import OverflowsInHalf, as_descriptor
 
 
@@ -124,19 +124,9 @@ def test_out_of_memory_messages_of_every_backend(message):
 
 def test_nan_in_one_half_precision_tile_reruns_only_that_tile(compact):
     image = torch.rand(1, 48, 48, 3)
-    image[0, :16, :16] = 0.25  # marks the first tile's input
+    image[0, :16, :16] = NAN_MARK  # marks the first tile's input
 
-    model, spy = spy_descriptor(descriptor_of(compact.model))
-    inner = spy.call
-
-    def poisoned(module, x):
-        y = inner(module, x)
-        if torch.is_autocast_enabled(x.device.type) and bool((x[..., :4, :4] == 0.25).all()):
-            y = y.clone()
-            y[..., 5, 7] = float("nan")
-        return y
-
-    spy.call = poisoned
+    model, spy = nan_where_marked(compact)
     result = run_engine(model, image, tile_size=32, overlap=16, precision="bf16")
     out = result.images
     fp32 = upscaled(model, image, tile_size=32, overlap=16, precision="fp32")
